@@ -1,0 +1,314 @@
+"""MR.Q (Fujimoto et al., 2025), whose spec also expresses MRS.Q and every ablation.
+
+The agent takes its latent model, critic ensemble (with N), aggregators (TD target, policy loss,
+planner), policy and planner from the spec, so MRS.Q is a preset of this class, not a subclass.
+
+One training step (``update``), as in MR.Q's algorithm box:
+
+1. Every ``target_update_every`` (250) steps: hard-copy encoder, critics and policy into their
+   targets, refresh the reward scales, then run 250 encoder updates back to back.
+2. One critic update on a 3-step return, TD3 target-policy smoothing, the target aggregator
+   (min) over the target ensemble, Huber loss, grad-norm clip 20; LAP priorities from the
+   max-over-members TD error.
+3. One policy update: maximise the policy aggregator (mean) of the critics at pi(zs), plus a
+   small penalty on the pre-tanh activation.
+
+Deliberate deviations from MR.Q's public code (also listed in docs/design.md):
+
+* Multi-step rewards are masked by the cumulative not-done flag of the EARLIER steps. The public
+  code sums all three rewards unmasked, so a window that crosses a termination adds rewards
+  from whatever follows it in the buffer.
+* LAP priorities come from the critic's TD error on the sampled (replay) actions. The public code
+  reuses its variable ``Q`` for the policy-action values before computing priorities, so its
+  priorities are |Q(s, pi(s)) - target| instead; LAP's definition is the replay-action error.
+* The policy loss does not compute weight gradients for the critic and encoder (they are frozen
+  for that backward pass); the public code computes and then discards them. Same update, less work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from mrsq.agents.spec import AggregatorChoice, LossWeights, OptimSpec, ReplaySpec, TrainSpec, TwoHotSpec
+from mrsq.critics.aggregators import build_aggregator
+from mrsq.nn import hard_update_
+from mrsq.registry import AGENTS, CRITICS, ENCODERS, PLANNERS, POLICIES
+from mrsq.specs import Spec, component
+from mrsq.twohot import TwoHot
+
+
+class MRQSpec(Spec):
+    """MR.Q's hyperparameters (MR.Q paper, Table of defaults) and the parts it is built from."""
+
+    type: Literal["mrq"] = "mrq"
+    description: str = ""
+    encoder: component(ENCODERS) = Field(default_factory=lambda: {"type": "elu"}, validate_default=True)
+    critic: component(CRITICS) = Field(default_factory=lambda: {"type": "ensemble"}, validate_default=True)
+    policy: component(POLICIES) = Field(default_factory=lambda: {"type": "tanh"}, validate_default=True)
+    planner: component(PLANNERS) = Field(default_factory=lambda: {"type": "policy"}, validate_default=True)
+    aggregators: AggregatorChoice = Field(default_factory=AggregatorChoice)
+    losses: LossWeights = Field(default_factory=LossWeights)
+    optim: OptimSpec = Field(default_factory=OptimSpec)
+    replay: ReplaySpec = Field(default_factory=ReplaySpec)
+    reward_bins: TwoHotSpec = Field(default_factory=TwoHotSpec)
+    discount: float = Field(0.99, gt=0, le=1)
+    batch_size: int = Field(256, ge=1)
+    encoder_horizon: int = Field(5, ge=1, description="latent unroll length of the encoder loss")
+    value_horizon: int = Field(3, ge=1, description="n of the n-step TD target")
+    target_update_every: int = Field(250, ge=1, description="hard target copies + encoder burst period")
+    warmup_steps: int = Field(10_000, ge=0, description="random actions, no training, until the buffer holds this many")
+    exploration_noise: float = Field(0.2, ge=0, description="Gaussian std on the action while training (0: none)")
+    target_policy_noise: float = Field(0.2, ge=0)
+    noise_clip: float = Field(0.3, ge=0)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+
+
+@contextlib.contextmanager
+def frozen(*modules: nn.Module):
+    """Temporarily stop weight-gradient computation for ``modules`` (inputs still get grads)."""
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+class _PlanningView:
+    """The agent's online networks through :class:`mrsq.planners.base.PlanningModel`."""
+
+    def __init__(self, agent: "MRQ") -> None:
+        self.agent = agent
+        self.action_dim = agent.action_dim
+        self.discount = agent.spec.discount
+
+    @property
+    def episodic(self) -> bool:
+        return self.agent.env_terminates
+
+    def encode(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.agent.encoder.zs(obs)
+
+    def step(self, z, a):
+        done, next_z, reward_logits = self.agent.encoder.model_all(z, a)
+        return self.agent.two_hot.decode(reward_logits), done.clamp(0, 1), next_z
+
+    def policy(self, z: torch.Tensor) -> torch.Tensor:
+        return self.agent.policy.act(z)
+
+    def value(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        # The critics learn Q / reward_scale (MR.Q's reward scaling); the planner adds them to
+        # predicted raw rewards, so scale them back.
+        q = self.agent.critic(self.agent.encoder.zsa(z, a))
+        return self.agent.planner_aggregate(q) * self.agent.reward_scale
+
+
+@AGENTS.register("mrq", spec=MRQSpec, help="MR.Q; with the right spec also MRS.Q and its ablations")
+class MRQ(nn.Module):
+    def __init__(self, spec: MRQSpec, obs_dim: int, action_dim: int) -> None:
+        super().__init__()
+        self.spec, self.obs_dim, self.action_dim = spec, obs_dim, action_dim
+        self.encoder = ENCODERS.get(spec.encoder.type)(spec.encoder, obs_dim, action_dim)
+        zsa_dim = spec.encoder.zsa_dim
+        self.critic = CRITICS.get(spec.critic.type)(spec.critic, zsa_dim)
+        self.policy = POLICIES.get(spec.policy.type)(spec.policy, spec.encoder.zs_dim, action_dim)
+        self.planner = PLANNERS.get(spec.planner.type)(spec.planner, action_dim)
+        self.encoder_target = copy.deepcopy(self.encoder).requires_grad_(False)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.policy_target = copy.deepcopy(self.policy).requires_grad_(False)
+        self.two_hot = TwoHot(spec.encoder.num_bins, spec.reward_bins.lower, spec.reward_bins.upper)
+        self.target_aggregate = build_aggregator(spec.aggregators.target)
+        self.policy_aggregate = build_aggregator(spec.aggregators.policy)
+        self.planner_aggregate = build_aggregator(spec.aggregators.planner)
+
+        o = spec.optim
+        adamw = lambda params, lr: torch.optim.AdamW(params, lr=lr, weight_decay=o.weight_decay, fused=o.fused)
+        self.encoder_optim = adamw(self.encoder.parameters(), o.encoder_lr)
+        self.critic_optim = adamw(self.critic.parameters(), o.critic_lr)
+        self.policy_optim = adamw(self.policy.parameters(), o.policy_lr)
+
+        h = spec.value_horizon
+        self.register_buffer("gammas", spec.discount ** torch.arange(h, dtype=torch.float32), persistent=False)
+        self.bootstrap_discount = spec.discount ** h
+        # reward_scale starts at 1 and target_reward_scale at 0, as in MR.Q; both are refreshed
+        # before the first critic update.
+        self.reward_scale, self.target_reward_scale = 1.0, 0.0
+        self.training_steps = 0
+        self.env_terminates = False
+        self.planning_model = _PlanningView(self)
+
+    # ------------------------------------------------------------------------------ acting
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, explore: bool = True, first: bool = False) -> np.ndarray:
+        """One observation -> one action in [-1, 1] (exploration noise only when ``explore``)."""
+        device = self.gammas.device
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
+        action = self.planner.plan(self.planning_model, obs_t, first=first, explore=explore)
+        if explore and self.spec.exploration_noise > 0:
+            action = action + torch.randn_like(action) * self.spec.exploration_noise
+        return action.clamp(-1, 1).cpu().numpy()
+
+    # ------------------------------------------------------------------------------ training
+    def update(self, replay) -> dict[str, torch.Tensor]:
+        """One training-phase environment step of MR.Q. Returns detached scalar tensors."""
+        s = self.spec
+        self.training_steps += 1
+        self.env_terminates = replay.env_terminates
+        metrics: dict[str, torch.Tensor] = {}
+        device = self.gammas.device
+        if (self.training_steps - 1) % s.target_update_every == 0:
+            self.update_targets(replay.reward_scale())
+            for _ in range(s.target_update_every):
+                metrics.update(self.encoder_step(replay.sample(s.batch_size).to(device)))
+        batch = replay.sample(s.batch_size, horizon=s.value_horizon).to(device)
+        zs, value_metrics, td_error = self.critic_step(batch)
+        replay.update_priority(batch.indices, td_error.to(replay.priorities.device))
+        metrics.update(value_metrics)
+        metrics.update(self.policy_step(zs))
+        return metrics
+
+    def update_targets(self, reward_scale: float) -> None:
+        hard_update_(self.encoder_target, self.encoder)
+        hard_update_(self.critic_target, self.critic)
+        hard_update_(self.policy_target, self.policy)
+        self.target_reward_scale = self.reward_scale
+        self.reward_scale = reward_scale
+
+    def encoder_loss(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Unrolled model loss over H steps from z0 = f(s0) (MR.Q eq. for L_Encoder).
+
+        Each step's dynamics, reward and termination terms are means over the batch, masked by
+        the product of the earlier steps' not-done flags, and summed over the H steps.
+        """
+        s, w = self.spec, self.spec.losses
+        obs, action, next_obs = batch.obs, batch.action, batch.next_obs  # [B,H,*]
+        B, H = action.shape[:2]
+        with torch.no_grad():
+            target_zs = self.encoder_target.zs(next_obs.reshape(B * H, -1)).reshape(B, H, -1)
+        zs = self.encoder.zs(obs[:, 0])
+        dones, next_zs, rewards = [], [], []
+        for t in range(H):
+            done, zs, reward_logits = self.encoder.model_all(zs, action[:, t])
+            dones.append(done)
+            next_zs.append(zs)
+            rewards.append(reward_logits)
+        alive = _alive_before(batch.terminated)  # [B,H]
+        dyn = ((torch.stack(next_zs, 1) - target_zs).pow(2).mean(-1) * alive).mean(0).sum()
+        rew = (self.two_hot.cross_entropy(torch.stack(rewards, 1), batch.reward) * alive).mean(0).sum()
+        loss = w.dynamics * dyn + w.reward * rew
+        metrics = {"encoder/dynamics": dyn.detach(), "encoder/reward": rew.detach()}
+        if self.env_terminates:  # MR.Q: only once a terminal transition has been stored
+            term = ((torch.cat(dones, 1) - batch.terminated).pow(2) * alive).mean(0).sum()
+            loss = loss + w.termination * term
+            metrics["encoder/termination"] = term.detach()
+        metrics["encoder/loss"] = loss.detach()
+        return loss, metrics
+
+    def encoder_step(self, batch) -> dict[str, torch.Tensor]:
+        loss, metrics = self.encoder_loss(batch)
+        self.encoder_optim.zero_grad(set_to_none=True)
+        loss.backward()
+        self.encoder_optim.step()
+        return metrics
+
+    @torch.no_grad()
+    def value_target(self, batch) -> torch.Tensor:
+        """n-step target ``(R + notdone * gamma^n * agg Qbar(s_n, abar) * target_scale) / scale``.
+
+        ``R = sum_t gamma^t r_t * alive_t`` where alive_t is the product of the not-done flags of
+        the steps BEFORE t (the terminal reward counts, nothing after it does).
+        """
+        s = self.spec
+        alive = _alive_before(batch.terminated)  # [B,H]
+        ret = (batch.reward * alive * self.gammas).sum(1, keepdim=True)
+        not_done = alive[:, -1:] * (1 - batch.terminated[:, -1:])
+        next_zs = self.encoder_target.zs(batch.next_obs[:, -1])
+        noise = (torch.randn(next_zs.shape[0], self.action_dim, device=next_zs.device)
+                 * s.target_policy_noise).clamp(-s.noise_clip, s.noise_clip)
+        next_action = (self.policy_target.act(next_zs) + noise).clamp(-1, 1)
+        q_next = self.target_aggregate(self.critic_target(self.encoder_target.zsa(next_zs, next_action)))
+        return (ret + not_done * self.bootstrap_discount * q_next * self.target_reward_scale) / self.reward_scale
+
+    def critic_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Huber loss of every member against the shared target. Returns (loss, q, target, zs)."""
+        target = self.value_target(batch)
+        with torch.no_grad():  # RL losses never train the encoder
+            zs = self.encoder.zs(batch.obs[:, 0])
+            zsa = self.encoder.zsa(zs, batch.action[:, 0])
+        q = self.critic(zsa)  # [N,B,1]
+        loss = F.smooth_l1_loss(q, target.expand_as(q))
+        return loss, q, target, zs
+
+    def critic_step(self, batch):
+        loss, q, target, zs = self.critic_loss(batch)
+        self.critic_optim.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.critic.parameters(), self.spec.optim.critic_grad_clip)
+        self.critic_optim.step()
+        td_error = (q.detach() - target).abs().amax(0).reshape(-1)
+        metrics = {"critic/loss": loss.detach(), "critic/q_mean": q.detach().mean(),
+                   "critic/grad_norm": grad_norm.detach()}
+        return zs, metrics, td_error
+
+    def policy_loss(self, zs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``-mean_B agg_i Q_i(g(zs, pi(zs))) + w * mean(pre_tanh^2)`` (agg: mean in MR.Q)."""
+        action, pre = self.policy(zs)
+        with frozen(self.encoder, self.critic):
+            q = self.policy_aggregate(self.critic(self.encoder.zsa(zs, action)))
+        penalty = pre.pow(2).mean()
+        loss = -q.mean() + self.spec.losses.pre_activation * penalty
+        return loss, {"policy/loss": loss.detach(), "policy/pre_activation": penalty.detach()}
+
+    def policy_step(self, zs: torch.Tensor) -> dict[str, torch.Tensor]:
+        loss, metrics = self.policy_loss(zs)
+        self.policy_optim.zero_grad(set_to_none=True)
+        loss.backward()
+        self.policy_optim.step()
+        return metrics
+
+    # ------------------------------------------------------------------------------ state
+    def training_state(self) -> dict:
+        """Everything needed to resume: module and optimiser state dicts, scalars."""
+        return {
+            "modules": {k: getattr(self, k).state_dict() for k in _MODULES},
+            "optimizers": {k: getattr(self, k).state_dict() for k in _OPTIMIZERS},
+            "scalars": {"reward_scale": float(self.reward_scale),
+                        "target_reward_scale": float(self.target_reward_scale),
+                        "training_steps": int(self.training_steps),
+                        "env_terminates": bool(self.env_terminates)},
+        }
+
+    def load_training_state(self, state: dict) -> None:
+        for k in _MODULES:
+            getattr(self, k).load_state_dict(state["modules"][k])
+        for k in _OPTIMIZERS:
+            getattr(self, k).load_state_dict(state["optimizers"][k])
+        sc = state["scalars"]
+        self.reward_scale, self.target_reward_scale = sc["reward_scale"], sc["target_reward_scale"]
+        self.training_steps, self.env_terminates = sc["training_steps"], sc["env_terminates"]
+
+    def actor_module(self):
+        """``observation -> zs -> action`` as a TensorDictSequential for TorchRL pipelines."""
+        from tensordict.nn import TensorDictSequential
+
+        return TensorDictSequential(self.encoder.as_tensordict_module(), self.policy.as_tensordict_module())
+
+
+_MODULES = ("encoder", "encoder_target", "critic", "critic_target", "policy", "policy_target", "planner")
+_OPTIMIZERS = ("encoder_optim", "critic_optim", "policy_optim")
+
+
+def _alive_before(terminated: torch.Tensor) -> torch.Tensor:
+    """``[B, H]`` terminal flags -> product of (1 - terminal) over the steps strictly before t."""
+    alive = torch.cumprod(1 - terminated, dim=1)
+    return torch.cat([torch.ones_like(alive[:, :1]), alive[:, :-1]], dim=1)

@@ -1,0 +1,77 @@
+"""Spec sections shared by agents: losses, optimisers, replay, training run."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from mrsq.registry import AGGREGATORS
+from mrsq.specs import component
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LossWeights(Section):
+    """Encoder-loss weights (MR.Q: 1, 0.1, 0.1; MRS.Q: 20, 0.1, 1) and the policy penalty."""
+
+    dynamics: float = Field(1.0, ge=0)
+    reward: float = Field(0.1, ge=0)
+    termination: float = Field(0.1, ge=0)
+    pre_activation: float = Field(1e-5, ge=0, description="weight of mean(pre_tanh^2) in the policy loss")
+
+
+class OptimSpec(Section):
+    """AdamW for every network (fused kernels on CPU and GPU)."""
+
+    encoder_lr: float = Field(1e-4, gt=0)
+    critic_lr: float = Field(3e-4, gt=0)
+    policy_lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    critic_grad_clip: float = Field(20.0, gt=0, description="max grad norm of the critic ensemble")
+    fused: bool = True
+
+
+class ReplaySpec(Section):
+    """LAP: prioritized by max-over-critics TD error, clamped at min_priority, raised to alpha."""
+
+    capacity: int = Field(1_000_000, ge=1)
+    prioritized: bool = True
+    alpha: float = Field(0.4, ge=0)
+    min_priority: float = Field(1.0, gt=0)
+
+
+class AggregatorChoice(Section):
+    """Which aggregator each consumer of the critic ensemble uses."""
+
+    target: component(AGGREGATORS) = Field(default_factory=lambda: {"type": "min"}, validate_default=True)
+    policy: component(AGGREGATORS) = Field(default_factory=lambda: {"type": "mean"}, validate_default=True)
+    planner: component(AGGREGATORS) = Field(default_factory=lambda: {"type": "min"}, validate_default=True)
+
+
+class TwoHotSpec(Section):
+    """Reward bins: evenly spaced in symlog space in [lower, upper], then symexp'd."""
+
+    lower: float = -10.0
+    upper: float = 10.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "TwoHotSpec":
+        if not self.lower < self.upper:
+            raise ValueError(f"lower ({self.lower}) must be below upper ({self.upper})")
+        return self
+
+
+class TrainSpec(Section):
+    """The run: environment, seed, length, evaluation and logging cadence."""
+
+    env: str = Field("dmc:cartpole-swingup", description="<prefix>:<id>, e.g. dmc:cheetah-run, gym:Hopper-v5")
+    seed: int = 0
+    steps: int = Field(500_000, ge=1, description="environment (agent) steps")
+    eval_every: int = Field(5_000, ge=1)
+    eval_episodes: int = Field(10, ge=1)
+    log_every: int = Field(1_000, ge=1, description="train.csv row every this many steps")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice)")
+    device: Literal["cpu", "cuda", "auto"] = "auto"

@@ -1,0 +1,190 @@
+"""The ``mrsq`` command line: train, show, list, eval, bench.
+
+Errors a user can cause (bad YAML, unknown names, wrong env ids, corrupt checkpoints, an output
+folder that already holds a run) print one line and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "disable")
+
+
+
+
+class UsageError(ValueError):
+    """A user-caused problem detected by the CLI itself."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from mrsq.envs import EnvError
+    from mrsq.registry import RegistryError
+    from mrsq.specs import SpecError
+    from mrsq.training.checkpoint import CheckpointError
+
+    return (UsageError, SpecError, RegistryError, EnvError, CheckpointError)
+
+
+def _add_spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="preset name (see `mrsq list preset`) or path to a YAML spec")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec field, e.g. --set critic.num_members=5 (repeatable)")
+    p.add_argument("--env", help="environment id, e.g. dmc:cheetah-run or gym:Hopper-v5 (train.env)")
+    p.add_argument("--steps", type=int, help="environment steps (train.steps)")
+    p.add_argument("--seed", type=int, help="random seed (train.seed)")
+    p.add_argument("--eval-every", type=int, help="evaluate every K steps (train.eval_every)")
+    p.add_argument("--eval-episodes", type=int, help="episodes per evaluation (train.eval_episodes)")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import a module that registers your own components (repeatable)")
+
+
+def _load_spec(args):
+    from mrsq import registry, specs
+
+    for module in args.imports:
+        registry.import_module(module)
+    overrides = list(args.overrides)
+    for flag, key in (("env", "env"), ("steps", "steps"), ("seed", "seed"),
+                      ("eval_every", "eval_every"), ("eval_episodes", "eval_episodes")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(f"train.{key}={value}")
+    return specs.load(args.source, overrides)
+
+
+def cmd_train(args) -> int:
+    from mrsq.envs import parse_env_id
+    from mrsq.training import Trainer
+
+    spec = _load_spec(args)
+    parse_env_id(spec.train.env)
+    out = Path(args.out) if args.out else _default_out(args.source, spec)
+    if (out / "checkpoint.pt").exists() or (out / "eval.csv").exists():
+        raise UsageError(f"--out {out}: already holds a run; choose another folder (nothing was overwritten)")
+    trainer = Trainer(spec, out, progress=not args.no_progress)
+    print(f"mrsq: training {Path(args.source).stem} on {spec.train.env} (seed {spec.train.seed}, "
+          f"{spec.train.steps} steps) -> {out}", file=sys.stderr)
+    result = trainer.run()
+    last = f"{result.evals[-1][1]:.1f} at step {result.evals[-1][0]}" if result.evals else "none"
+    status = "interrupted" if result.interrupted else "done"
+    print(f"mrsq: {status} after {result.steps} steps; last eval return {last}; results in {out}/ "
+          f"(spec.yaml, eval.csv, train.csv, checkpoint.pt)", file=sys.stderr)
+    return 130 if result.interrupted else 0
+
+
+def _default_out(source: str, spec) -> Path:
+    env = spec.train.env.replace(":", "-").replace("/", "-")
+    return Path("runs") / f"{Path(source).stem}_{env}_s{spec.train.seed}_{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def cmd_show(args) -> int:
+    from mrsq import specs
+
+    sys.stdout.write(specs.to_yaml(_load_spec(args)))
+    return 0
+
+
+def cmd_list(args) -> int:
+    from mrsq import registry, specs
+
+    import mrsq.components  # noqa: F401
+
+    for module in args.imports:
+        registry.import_module(module)
+    specs.register_builtin_presets()
+    families = registry.FAMILIES
+    if args.family:
+        if args.family not in families:
+            raise UsageError(registry.unknown_message("family", args.family, sorted(families)))
+        families = {args.family: families[args.family]}
+    for name, reg in families.items():
+        print(f"{name}:")
+        width = max((len(n) for n in reg.names()), default=0)
+        for entry in reg.names():
+            print(f"  {entry:<{width}}  {reg.help(entry)}".rstrip())
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from mrsq import specs
+    from mrsq.envs import make_env
+    from mrsq.training.checkpoint import load_checkpoint
+    from mrsq.training.loop import build_agent, evaluate, resolve_device
+
+    payload = load_checkpoint(Path(args.checkpoint))
+    spec = specs.from_yaml(payload["spec"], where=f"{args.checkpoint} (spec)")
+    env_id = args.env or spec.train.env
+    env = make_env(env_id, spec.train.seed + 100 if args.seed is None else args.seed)
+    agent = build_agent(spec, env, resolve_device(spec.train.device))
+    try:
+        agent.load_training_state(payload["agent"])
+    except (KeyError, RuntimeError) as exc:
+        raise UsageError(f"{args.checkpoint}: weights do not match its spec ({str(exc).splitlines()[0][:200]})") from None
+    mean, std = evaluate(agent, env, args.episodes)
+    print(f"{env_id}: return {mean:.1f} +- {std:.1f} over {args.episodes} episodes (checkpoint step {payload['step']})")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from mrsq import bench
+
+    return bench.main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mrsq", description="Search-based model-based RL from composable parts.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train an agent; writes spec.yaml, eval.csv, train.csv, checkpoint.pt")
+    _add_spec_args(p)
+    p.add_argument("--out", help="run folder (default: runs/<preset>_<env>_s<seed>_<time>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("show", help="print the fully resolved spec")
+    _add_spec_args(p)
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("list", help="list registered components (all families or one)")
+    p.add_argument("family", nargs="?", help="encoder, critic, aggregator, policy, planner, agent, env or preset")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--env", help="evaluate on another env id than the one trained on")
+    p.add_argument("--seed", type=int, help="eval env seed (default: train seed + 100)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", help="benchmarks that print figures (ms, GFLOP, GFLOP/s, ceiling)")
+    p.add_argument("what", choices=["train", "plan"], help="train: one training-phase step; plan: one action")
+    p.add_argument("--preset", default="mrq")
+    p.add_argument("--env", default="dmc:cheetah-run")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except _user_errors() as exc:
+        print(f"mrsq: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mrsq: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

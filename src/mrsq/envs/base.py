@@ -1,0 +1,116 @@
+"""The small environment interface used on the training loop's hot path.
+
+Environments are named by a prefixed id, ``<prefix>:<name>``, e.g. ``gym:HalfCheetah-v5`` or
+``dmc:cheetah-run``. The prefix picks a factory registered in :data:`mrsq.registry.ENVS`
+(``factory(name: str, seed: int) -> Env``); :func:`make_env` splits the id and calls it.
+
+Everything here is plain numpy (no TensorDict): observations are flat ``float32`` vectors and
+the agent always acts in ``[-1, 1]^action_dim``; each wrapper rescales to its env's bounds.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import numpy as np
+
+from mrsq.registry import ENVS, unknown_message
+
+EXAMPLES = "e.g. gym:HalfCheetah-v5, dmc:cheetah-run"
+
+
+class EnvError(ValueError):
+    """A user-facing environment problem (bad id, unsupported spaces, ...); one-line message."""
+
+
+class Env(abc.ABC):
+    """A single continuous-control environment with flat float32 observations.
+
+    Attributes:
+        env_id: the prefixed id it was made from (``gym:HalfCheetah-v5``).
+        obs_dim: length of the observation vector.
+        action_dim: length of the action vector; actions are in ``[-1, 1]``.
+        max_episode_steps: the episode length in agent steps (after any action repeat).
+    """
+
+    env_id: str
+    obs_dim: int
+    action_dim: int
+    max_episode_steps: int
+
+    @abc.abstractmethod
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        """Start an episode and return the first observation (float32, shape ``[obs_dim]``)."""
+
+    @abc.abstractmethod
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
+        """Act with ``action`` in ``[-1, 1]`` (clipped); return ``(obs, reward, terminated, truncated)``."""
+
+    def close(self) -> None:
+        """Release simulator resources (a no-op unless the wrapper needs it)."""
+
+    def __enter__(self) -> "Env":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.env_id!r}, obs_dim={self.obs_dim}, "
+                f"action_dim={self.action_dim}, max_episode_steps={self.max_episode_steps})")
+
+
+class ActionScaler:
+    """Maps agent actions in ``[-1, 1]`` to ``[low, high]`` (clipping first).
+
+    When the bounds already are ``[-1, 1]`` (most MuJoCo/DMC tasks) it only clips.
+    """
+
+    def __init__(self, low: np.ndarray, high: np.ndarray, dtype=np.float32) -> None:
+        low = np.asarray(low, dtype=np.float64).ravel()
+        high = np.asarray(high, dtype=np.float64).ravel()
+        if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
+            raise EnvError("only bounded (finite) action spaces are supported for now")
+        self.dtype = dtype
+        self.identity = bool(np.all(low == -1.0) and np.all(high == 1.0))
+        self.center = ((high + low) / 2).astype(dtype)
+        self.half_range = ((high - low) / 2).astype(dtype)
+
+    def __call__(self, action: np.ndarray) -> np.ndarray:
+        a = np.clip(np.asarray(action, dtype=self.dtype), -1.0, 1.0)
+        return a if self.identity else self.center + self.half_range * a
+
+
+def parse_env_id(env_id: str) -> tuple[str, str]:
+    """Split ``'gym:HalfCheetah-v5'`` into ``('gym', 'HalfCheetah-v5')``.
+
+    Raises :class:`EnvError` when the prefix is missing or unknown.
+    """
+    prefix, sep, name = str(env_id).partition(":")
+    if not sep:
+        raise EnvError(f"env id {env_id!r} has no prefix; write <prefix>:<name> with prefix one of "
+                       f"{', '.join(ENVS.names())} ({EXAMPLES}){_guess_prefix(env_id)}")
+    if prefix not in ENVS:
+        raise EnvError(f"{unknown_message('env prefix', prefix, ENVS.names())} in {env_id!r}; "
+                       f"write <prefix>:<name> ({EXAMPLES})")
+    if not name:
+        raise EnvError(f"env id {env_id!r} has an empty name after the prefix ({EXAMPLES})")
+    return prefix, name
+
+
+def make_env(env_id: str, seed: int) -> Env:
+    """Build the environment named by a prefixed id, seeded with ``seed``."""
+    prefix, name = parse_env_id(env_id)
+    return ENVS.get(prefix)(name, seed)
+
+
+def _guess_prefix(name: str) -> str:
+    """Suggest a prefixed id for an id given without one (``'; did you mean ...?'`` or ``''``).
+
+    A factory may carry a ``knows(name) -> bool`` attribute; the first that knows the name wins.
+    """
+    for prefix in ENVS.names():
+        knows = getattr(ENVS.get(prefix), "knows", None)
+        if knows is not None and knows(name):
+            return f"; did you mean '{prefix}:{name}'?"
+    return ""

@@ -1,0 +1,69 @@
+"""Small building blocks shared by the component families (plain torch, no pydantic)."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "elu": F.elu, "relu": F.relu, "gelu": F.gelu, "silu": F.silu, "mish": F.mish, "tanh": torch.tanh,
+}
+
+
+def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    return ACTIVATIONS[name]
+
+
+def ln_act(x: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Layer norm without learnable affine over the last dim, then the activation (MR.Q)."""
+    return act(F.layer_norm(x, x.shape[-1:]))
+
+
+def init_linear_(layer: nn.Linear) -> nn.Linear:
+    """MR.Q's init: xavier-uniform with the ReLU gain, zero bias."""
+    nn.init.xavier_uniform_(layer.weight, gain=nn.init.calculate_gain("relu"))
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+class MLP(nn.Module):
+    """Linear layers with LN+activation after every hidden layer; the output layer is linear.
+
+    ``dims = [in, h1, ..., out]``. Shapes: ``[..., in] -> [..., out]``.
+    """
+
+    def __init__(self, dims: Sequence[int], act: str = "elu") -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(init_linear_(nn.Linear(a, b)) for a, b in zip(dims[:-1], dims[1:]))
+        self.act = activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers[:-1]:
+            x = ln_act(layer(x), self.act)
+        return self.layers[-1](x)
+
+
+def simplicial_embedding(x: torch.Tensor, group_size: int) -> torch.Tensor:
+    """SEM (Lavoie et al.): softmax within consecutive groups of ``group_size`` features.
+
+    ``[..., D] -> [..., D]`` with D divisible by ``group_size``; each group sums to 1.
+    """
+    shape = x.shape
+    return torch.softmax(x.reshape(*shape[:-1], shape[-1] // group_size, group_size), dim=-1).reshape(shape)
+
+
+def hard_update_(target: nn.Module, source: nn.Module) -> None:
+    """target <- source, in one fused foreach copy over all parameters and buffers."""
+    with torch.no_grad():
+        torch._foreach_copy_(list(target.parameters()), list(source.parameters()))
+        tb, sb = list(target.buffers()), list(source.buffers())
+        if tb:
+            torch._foreach_copy_(tb, sb)
+
+
+def param_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

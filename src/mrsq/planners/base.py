@@ -1,0 +1,49 @@
+"""What a planner needs from a model, and the planner interface.
+
+A planner never sees an agent, a replay buffer or a TensorDict: only a :class:`PlanningModel`
+(plain tensors in, plain tensors out). That keeps every planner testable with a hand-written
+model whose optimum is known, and reusable by any agent that has a latent model.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+
+@runtime_checkable
+class PlanningModel(Protocol):
+    """The latent model as a planner sees it. Shapes: ``z [B, Z]``, ``a [B, A]``."""
+
+    action_dim: int
+    discount: float
+    episodic: bool  # whether to weight by predicted survival (1 - termination)
+
+    def encode(self, obs: torch.Tensor) -> torch.Tensor:
+        """``[B, obs] -> z [B, Z]``."""
+
+    def step(self, z: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(z, a) -> (reward [B, 1], termination prob [B, 1], next z [B, Z])``."""
+
+    def policy(self, z: torch.Tensor) -> torch.Tensor:
+        """``z -> a [B, A]`` (deterministic)."""
+
+    def value(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """``(z, a) -> aggregated value [B, 1]`` (the planner's aggregator over the ensemble)."""
+
+
+class Planner(nn.Module):
+    """Chooses an action for one observation. Subclasses keep any warm-start state in buffers.
+
+    ``plan(model, obs [obs_dim] or [1, obs_dim], first: bool, explore: bool) -> action [A]``;
+    ``first`` is True on the first step of an episode (warm starts reset there).
+    """
+
+    def reset(self) -> None:
+        """Forget warm-start state (called at every episode start)."""
+
+    def plan(self, model: PlanningModel, obs: torch.Tensor, first: bool = False,
+             explore: bool = True) -> torch.Tensor:
+        raise NotImplementedError

@@ -1,0 +1,5 @@
+"""Replay buffers."""
+
+from mrsq.replay.lap import LAPReplay, ReplayBatch
+
+__all__ = ["LAPReplay", "ReplayBatch"]

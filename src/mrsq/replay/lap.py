@@ -1,0 +1,416 @@
+"""LAP prioritized replay of fixed-length subtrajectories, as used by MR.Q.
+
+Storage is a circular buffer of preallocated float32 numpy arrays (cheap per-step ``add``);
+sampling works on ``torch.from_numpy`` views of the same memory, so no copies are made until
+windows are gathered.
+
+Shapes used below: ``C`` capacity, ``N`` number of stored transitions (``size``), ``B`` batch
+size, ``H`` window length (``horizon``).
+
+Validity of a start slot ``s`` (a window ``s .. s+H-1``, slots taken modulo ``C``):
+
+* ``s`` becomes valid once transition ``s+H`` of the same episode has been added, i.e. the whole
+  window lies inside one episode and the episode continues after it;
+* when an episode ends by termination, its last ``min(len, H)`` starts become valid as well:
+  their windows run past the terminal transition into whatever slots follow (later data or the
+  zero-initialised storage), which the learner masks with cumulative not-done flags;
+* when an episode ends by truncation only, those last starts stay invalid;
+* writing a slot invalidates the start stored there. Because ``C > H``, no other start that is
+  valid can have a window which mixes the overwritten data with the new data (see ``add``).
+
+Priorities (LAP): a start is drawn with probability proportional to ``priority * valid``.
+``update_priority`` stores ``max(td_error, min_priority) ** alpha``; new transitions get the
+running maximum priority. The maximum stays a 0-d tensor, so no host sync is needed per step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+
+_CONFIG_KEYS = ("obs_dim", "action_dim", "capacity", "horizon")
+_ARRAY_KEYS = ("obs", "action", "reward", "next_obs", "terminated", "valid")
+_BOOKKEEPING_KEYS = (
+    "priority", "max_priority", "num_added", "episode_length", "env_terminates", "rng_state"
+)
+
+
+@dataclass(frozen=True)
+class ReplayBatch:
+    """``B`` subtrajectory windows of ``H`` consecutive steps, all float32 except ``indices``.
+
+    Attributes:
+        obs: ``[B, H, obs_dim]``.
+        action: ``[B, H, action_dim]``.
+        reward: ``[B, H]``.
+        next_obs: ``[B, H, obs_dim]``.
+        terminated: ``[B, H]``, 1.0 where the step ended its episode by termination. Steps after
+            the first terminal step belong to unrelated data and must be masked by the learner.
+        indices: ``[B]`` int64 start slots, to pass back to ``LAPReplay.update_priority``.
+    """
+
+    obs: torch.Tensor
+    action: torch.Tensor
+    reward: torch.Tensor
+    next_obs: torch.Tensor
+    terminated: torch.Tensor
+    indices: torch.Tensor
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> ReplayBatch:
+        """Return a copy with every tensor moved to ``device``."""
+        moved = {
+            f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
+            for f in fields(self)
+        }
+        return ReplayBatch(**moved)
+
+
+def _require_int(name: str, value: Any, minimum: int) -> int:
+    """Return ``value`` if it is an int (not bool) ``>= minimum``, else raise ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _require_float(name: str, value: Any, minimum: float, strict: bool) -> float:
+    """Return ``value`` as a finite float ``> minimum`` (strict) or ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    too_small = value <= minimum if strict else value < minimum
+    if not math.isfinite(value) or too_small:
+        relation = ">" if strict else ">="
+        raise ValueError(f"{name} must be finite and {relation} {minimum}, got {value}")
+    return value
+
+
+class LAPReplay:
+    """Circular replay buffer sampling subtrajectory windows with LAP priorities.
+
+    Args:
+        obs_dim: length of one observation vector.
+        action_dim: length of one action vector.
+        capacity: number of transitions kept; the oldest are overwritten. Must exceed ``horizon``.
+        horizon: window length ``H`` returned by ``sample`` (MR.Q: max(encoder 5, Q 3) = 5).
+        alpha: priority exponent.
+        min_priority: floor applied to the raw error before the exponent.
+        prioritized: if False, starts are drawn uniformly among the valid ones.
+        seed: seed of the buffer's own ``torch.Generator``; None seeds it non-deterministically.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        capacity: int = 1_000_000,
+        horizon: int = 5,
+        alpha: float = 0.4,
+        min_priority: float = 1.0,
+        prioritized: bool = True,
+        seed: int | None = None,
+    ) -> None:
+        self._obs_dim = _require_int("obs_dim", obs_dim, 1)
+        self._action_dim = _require_int("action_dim", action_dim, 1)
+        self._horizon = _require_int("horizon", horizon, 1)
+        self._capacity = _require_int("capacity", capacity, 1)
+        if self._capacity <= self._horizon:
+            raise ValueError(f"capacity ({capacity}) must be larger than horizon ({horizon})")
+        self._alpha = _require_float("alpha", alpha, 0.0, strict=False)
+        self._min_priority = _require_float("min_priority", min_priority, 0.0, strict=True)
+        if not isinstance(prioritized, (bool, np.bool_)):
+            raise ValueError(f"prioritized must be a bool, got {type(prioritized).__name__}")
+        self._prioritized = bool(prioritized)
+        if seed is not None:
+            seed = _require_int("seed", seed, 0)
+
+        self._allocate_storage()
+        self._generator = torch.Generator()
+        if seed is None:
+            self._generator.seed()
+        else:
+            self._generator.manual_seed(seed)
+
+    def _allocate_storage(self) -> None:
+        """Create zeroed numpy arrays (``[C, ...]``), their torch views and the bookkeeping."""
+        c = self._capacity
+        self._obs = np.zeros((c, self._obs_dim), dtype=np.float32)
+        self._action = np.zeros((c, self._action_dim), dtype=np.float32)
+        self._reward = np.zeros(c, dtype=np.float32)
+        self._next_obs = np.zeros((c, self._obs_dim), dtype=np.float32)
+        self._terminated = np.zeros(c, dtype=np.float32)
+        self._valid = np.zeros(c, dtype=np.float32)
+        # Views sharing memory with the arrays above; arrays are only ever written in place.
+        self._obs_t = torch.from_numpy(self._obs)
+        self._action_t = torch.from_numpy(self._action)
+        self._reward_t = torch.from_numpy(self._reward)
+        self._next_obs_t = torch.from_numpy(self._next_obs)
+        self._terminated_t = torch.from_numpy(self._terminated)
+        self._valid_t = torch.from_numpy(self._valid)
+
+        self._priority = torch.zeros(c, dtype=torch.float32)
+        self._max_priority = torch.tensor(self._min_priority**self._alpha, dtype=torch.float32)
+        self._num_added = 0  # transitions ever added; the next slot is num_added % C
+        self._num_prioritized = 0  # transitions whose slot already holds its initial priority
+        self._episode_length = 0  # transitions of the current (unfinished) episode
+        self._env_terminates = False
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def capacity(self) -> int:
+        """Maximum number of stored transitions ``C``."""
+        return self._capacity
+
+    @property
+    def horizon(self) -> int:
+        """Default window length ``H``."""
+        return self._horizon
+
+    @property
+    def size(self) -> int:
+        """Number of stored transitions ``N`` (at most ``capacity``)."""
+        return min(self._num_added, self._capacity)
+
+    @property
+    def num_valid(self) -> int:
+        """Number of start slots that can currently be sampled."""
+        return int(np.count_nonzero(self._valid[: self.size]))
+
+    @property
+    def env_terminates(self) -> bool:
+        """Whether any terminated transition has ever been added."""
+        return self._env_terminates
+
+    @property
+    def prioritized(self) -> bool:
+        """Whether sampling follows priorities (else uniform over valid starts)."""
+        return self._prioritized
+
+    @property
+    def max_priority(self) -> torch.Tensor:
+        """0-d float32 tensor: the priority given to newly added transitions."""
+        return self._max_priority
+
+    @property
+    def priorities(self) -> torch.Tensor:
+        """Copy of the priorities of the stored slots, ``[N]`` float32 (validity not applied)."""
+        self._assign_new_priorities()
+        return self._priority[: self.size].clone()
+
+    def __len__(self) -> int:
+        return self.size
+
+    # ------------------------------------------------------------------ adding
+
+    def add(
+        self,
+        obs: Any,
+        action: Any,
+        reward: float,
+        next_obs: Any,
+        terminated: bool,
+        truncated: bool,
+    ) -> None:
+        """Store one transition: ``obs``/``next_obs`` ``[obs_dim]``, ``action`` ``[action_dim]``.
+
+        Only numpy writes and Python integer bookkeeping happen here; the new slot's priority is
+        assigned lazily (see ``_assign_new_priorities``).
+        """
+        slot = self._num_added % self._capacity
+        self._obs[slot] = obs
+        self._action[slot] = action
+        self._reward[slot] = reward
+        self._next_obs[slot] = next_obs
+        self._terminated[slot] = bool(terminated)
+        # The start stored in this slot is new and incomplete. Starts whose window covers this slot
+        # are slot-H+1 .. slot-1, which hold the H-1 previous transitions (C > H): they are either
+        # still incomplete (invalid) or end in a termination, so their windows stay consistent.
+        self._valid[slot] = 0.0
+        self._num_added += 1
+        self._episode_length += 1
+        if self._episode_length > self._horizon:
+            # Negative indices wrap, which is exactly "modulo C" because H < C.
+            self._valid[slot - self._horizon] = 1.0
+        if terminated:
+            self._env_terminates = True
+            self._validate_episode_tail(slot)
+            self._episode_length = 0
+        elif truncated:
+            self._episode_length = 0
+
+    def _validate_episode_tail(self, last_slot: int) -> None:
+        """Mark the last ``min(episode_length, H)`` starts, ending at ``last_slot``, as valid."""
+        count = min(self._episode_length, self._horizon)
+        self._valid[np.arange(last_slot - count + 1, last_slot + 1)] = 1.0
+
+    def _assign_new_priorities(self) -> None:
+        """Give every slot written since the last call the current max priority.
+
+        Doing this in one vectorised fill before each read keeps ``add`` free of torch calls. In
+        the usual loop (add, sample, update_priority) the max cannot change between an ``add`` and
+        the next fill, so this equals assigning the max inside ``add``.
+        """
+        pending = self._num_added - self._num_prioritized
+        if pending == 0:
+            return
+        first = self._num_prioritized % self._capacity
+        self._num_prioritized = self._num_added
+        if pending >= self._capacity:
+            self._priority.fill_(self._max_priority)
+            return
+        end = first + pending
+        self._priority[first : min(end, self._capacity)].fill_(self._max_priority)
+        if end > self._capacity:
+            self._priority[: end - self._capacity].fill_(self._max_priority)
+
+    # ------------------------------------------------------------------ sampling
+
+    def sample(self, batch_size: int, horizon: int | None = None) -> ReplayBatch:
+        """Draw ``batch_size`` windows of ``horizon`` steps (default ``self.horizon``).
+
+        Returns a ``ReplayBatch`` with ``[B, horizon, ...]`` tensors (CPU, float32) and the ``[B]``
+        start slots in ``indices``.
+        """
+        batch_size = _require_int("batch_size", batch_size, 1)
+        horizon = self._horizon if horizon is None else _require_int("horizon", horizon, 1)
+        if horizon > self._horizon:
+            raise ValueError(
+                f"horizon ({horizon}) cannot exceed the buffer horizon ({self._horizon})"
+            )
+        starts = self._draw_starts(batch_size)
+        return self._gather(starts, horizon)
+
+    def _sampling_weights(self) -> torch.Tensor:
+        """Unnormalised probability of each stored start slot, ``[N]`` float32."""
+        valid = self._valid_t[: self.size]
+        if not self._prioritized:
+            return valid
+        self._assign_new_priorities()
+        return self._priority[: self.size] * valid
+
+    def _draw_starts(self, batch_size: int) -> torch.Tensor:
+        """Draw ``[B]`` int64 start slots proportionally to ``_sampling_weights``.
+
+        Inverse-CDF sampling: with ``u`` uniform in ``[0, total)``, the first slot whose cumulative
+        weight exceeds ``u`` is returned, so a zero-weight slot (equal cumsum to its left
+        neighbour) can never be chosen. The cumsum is float64 so a million float32 weights keep
+        their relative sizes.
+        """
+        if self.size == 0:
+            raise RuntimeError("cannot sample from an empty replay buffer")
+        cumsum = torch.cumsum(self._sampling_weights(), dim=0, dtype=torch.float64)
+        total = cumsum[-1]
+        if not bool(total > 0):  # CPU tensor: cheap
+            raise RuntimeError(
+                "no valid start index yet: a start needs `horizon` later transitions of its "
+                "episode, or a termination within `horizon` steps"
+            )
+        u = torch.rand(batch_size, dtype=torch.float64, generator=self._generator) * total
+        u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # keep u < total
+        starts = torch.searchsorted(cumsum, u, right=True)
+        return starts.clamp_(max=self.size - 1)
+
+    def _gather(self, starts: torch.Tensor, horizon: int) -> ReplayBatch:
+        """Collect the windows starting at ``starts`` ``[B]``; slots wrap modulo ``C``."""
+        slots = (starts.unsqueeze(1) + torch.arange(horizon)) % self._capacity  # [B, H]
+        return ReplayBatch(
+            obs=self._obs_t[slots],
+            action=self._action_t[slots],
+            reward=self._reward_t[slots],
+            next_obs=self._next_obs_t[slots],
+            terminated=self._terminated_t[slots],
+            indices=starts,
+        )
+
+    # ------------------------------------------------------------------ priorities
+
+    def update_priority(self, indices: torch.Tensor, td_error: torch.Tensor) -> None:
+        """Set priorities of start slots ``indices`` ``[B]`` from raw errors ``td_error`` ``[B]``.
+
+        Stores ``td_error.clamp(min=min_priority) ** alpha`` and raises the max priority with
+        ``torch.maximum`` (no ``.item()``; nothing here waits on the device except moving the
+        result to the CPU storage). With duplicate indices an arbitrary one of the values wins.
+        """
+        indices = torch.as_tensor(indices).reshape(-1)
+        td_error = torch.as_tensor(td_error).reshape(-1)
+        if indices.shape != td_error.shape:
+            raise ValueError(
+                f"indices ({indices.numel()} elements) and td_error ({td_error.numel()}) "
+                "must have the same number of elements"
+            )
+        if indices.numel() == 0:
+            return
+        self._assign_new_priorities()
+        priority = td_error.detach().to("cpu", torch.float32)
+        priority = priority.clamp(min=self._min_priority).pow(self._alpha)
+        self._priority[indices.to("cpu", torch.int64)] = priority
+        self._max_priority = torch.maximum(self._max_priority, priority.max())
+
+    def reward_scale(self, eps: float = 1e-8) -> float:
+        """Mean absolute reward over stored transitions, floored at ``eps`` (host sync: fine)."""
+        if self.size == 0:
+            return float(eps)
+        mean_abs = np.abs(self._reward[: self.size]).mean(dtype=np.float64)
+        return float(max(mean_abs, eps))
+
+    # ------------------------------------------------------------------ checkpointing
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors, ints and bools only (loadable with ``torch.load(weights_only=True)``).
+
+        Arrays cover the filled part ``[N, ...]`` in slot order.
+        """
+        self._assign_new_priorities()
+        n = self.size
+        state: dict[str, Any] = {key: getattr(self, f"_{key}") for key in _CONFIG_KEYS}
+        for key in _ARRAY_KEYS:
+            state[key] = torch.from_numpy(getattr(self, f"_{key}")[:n].copy())
+        state["valid"] = state["valid"].bool()
+        state["priority"] = self._priority[:n].clone()
+        state["max_priority"] = self._max_priority.clone()
+        state["num_added"] = self._num_added
+        state["episode_length"] = self._episode_length
+        state["env_terminates"] = self._env_terminates
+        state["rng_state"] = self._generator.get_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a ``state_dict`` from a buffer with the same dims, capacity and horizon."""
+        self._check_loadable(state)
+        self._allocate_storage()
+        n = min(int(state["num_added"]), self._capacity)
+        for key in _ARRAY_KEYS:
+            target = getattr(self, f"_{key}")
+            target[:n] = state[key].to(torch.float32).numpy()
+        self._priority[:n] = state["priority"].to(torch.float32)
+        self._max_priority = state["max_priority"].to(torch.float32).clone().reshape(())
+        self._num_added = int(state["num_added"])
+        self._num_prioritized = self._num_added
+        self._episode_length = int(state["episode_length"])
+        self._env_terminates = bool(state["env_terminates"])
+        self._generator.set_state(state["rng_state"])
+
+    def _check_loadable(self, state: dict[str, Any]) -> None:
+        """Raise ValueError if ``state`` is incomplete or was saved with another configuration."""
+        required = (*_CONFIG_KEYS, *_ARRAY_KEYS, *_BOOKKEEPING_KEYS)
+        missing = [key for key in required if key not in state]
+        if missing:
+            raise ValueError(f"replay state_dict is missing keys: {missing}")
+        for key in _CONFIG_KEYS:
+            if state[key] != getattr(self, f"_{key}"):
+                raise ValueError(
+                    f"replay state_dict has {key}={state[key]}, this buffer has "
+                    f"{getattr(self, f'_{key}')}"
+                )
+        n = min(int(state["num_added"]), self._capacity)
+        for key in (*_ARRAY_KEYS, "priority"):
+            if state[key].shape[0] != n:
+                raise ValueError(
+                    f"replay state_dict entry {key!r} has {state[key].shape[0]} rows, expected {n}"
+                )

@@ -1,0 +1,256 @@
+"""Pydantic specs: the one path from YAML (or a preset name) to a validated, fully resolved spec.
+
+* Every component's spec subclasses :class:`Spec` (``extra="forbid"``, a ``type`` tag naming the
+  registered component) and lives beside the component it builds.
+* A field that holds a component of some family is declared with :func:`component`; its value is
+  resolved through that family's registry by its ``type``, so specs registered by users' own
+  modules nest exactly like the built-in ones.
+* Presets are YAML files that may ``extends:`` another preset and state only their differences
+  (merged recursively; a mapping that changes ``type`` replaces the base mapping instead).
+* ``--set a.b.c=value`` overrides are parsed as YAML scalars and validated like the file.
+* Every validation error is reported as ``dotted.path: what is wrong (allowed: ...)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Iterable
+
+import yaml
+from pydantic import BaseModel, ConfigDict, SerializeAsAny, ValidationError, WrapValidator
+
+from mrsq.registry import PRESETS, Registry, UnknownComponentError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+class SpecError(ValueError):
+    """A user-caused spec problem; the message names the dotted path of the bad field."""
+
+
+class Spec(BaseModel):
+    """Base of every component spec."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    type: str
+
+
+def component(registry: Registry) -> Any:
+    """Annotation for a spec field holding a component of ``registry``'s family."""
+
+    def resolve(value: Any, handler: Any, info: Any) -> Spec:
+        if isinstance(value, Spec):
+            return value
+        if isinstance(value, str):  # shorthand: `aggregator: min`
+            value = {"type": value}
+        if not isinstance(value, dict) or "type" not in value:
+            raise ValueError(f"expected a mapping with a 'type' naming a registered "
+                             f"{registry.family} (known: {', '.join(registry.names())})")
+        try:
+            spec_cls = registry.spec(value["type"])
+        except UnknownComponentError as exc:
+            raise ValueError(str(exc)) from None
+        return spec_cls.model_validate(value)
+
+    return Annotated[SerializeAsAny[Spec], WrapValidator(resolve), _Component(registry)]
+
+
+# ---------------------------------------------------------------------------------- errors
+def format_validation_error(exc: ValidationError, root: type[BaseModel] | None = None,
+                            data: Any = None) -> str:
+    """One line per error: ``dotted.path: message`` (unknown fields list the allowed ones)."""
+    lines = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field" + _allowed_fields(root, data, err["loc"])
+        elif err["type"] == "literal_error":
+            msg = f"{msg}, got {err['input']!r}"
+        elif "input" in err and not isinstance(err["input"], (dict, list)):
+            msg = f"{msg} (got {err['input']!r})"
+        lines.append(f"{path or '<root>'}: {msg}")
+    return "; ".join(lines)
+
+
+class _Component:
+    """Marker kept in a component field's metadata: which registry resolves it."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+
+def _allowed_fields(root: type[BaseModel] | None, data: Any, loc: tuple) -> str:
+    model = root
+    for part in loc[:-1]:
+        if model is None or not isinstance(data, dict):
+            return ""
+        field = model.model_fields.get(str(part))
+        data = data.get(part)
+        if field is None:
+            return ""
+        marker = next((m for m in field.metadata if isinstance(m, _Component)), None)
+        if marker is not None:
+            kind = data.get("type") if isinstance(data, dict) else data
+            model = marker.registry.spec(kind) if kind in marker.registry else None
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            model = field.annotation
+        else:
+            return ""
+    if model is None:
+        return ""
+    names = sorted(model.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{hint} (allowed: {', '.join(names)})"
+
+
+# ---------------------------------------------------------------------------------- YAML
+def deep_merge(base: dict, diff: dict) -> dict:
+    """Recursive merge of ``diff`` into ``base`` (new dict). A mapping whose ``type`` changes
+    replaces the base mapping, since the fields of another component do not carry over."""
+    out = copy.deepcopy(base)
+    for key, value in diff.items():
+        old = out.get(key)
+        if isinstance(value, dict) and isinstance(old, dict) and value.get("type", old.get("type")) == old.get("type"):
+            out[key] = deep_merge(old, value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError(f"{path}:{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: a spec file must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def preset_names() -> list[str]:
+    return PRESETS.names()
+
+
+def register_builtin_presets() -> None:
+    """Register every YAML file shipped in ``mrsq/presets`` (name = file stem)."""
+    for path in sorted(PRESET_DIR.glob("*.yaml")):
+        if path.stem not in PRESETS:
+            data = read_yaml(path)
+            PRESETS.add(path.stem, path, help=str(data.get("description", "")).strip())
+
+
+def resolve_source(source: str | Path, _seen: tuple[str, ...] = ()) -> dict:
+    """Raw (unvalidated) mapping of a preset name or YAML path, with ``extends`` applied."""
+    register_builtin_presets()
+    source = str(source)
+    if source in _seen:
+        raise SpecError(f"preset cycle: {' -> '.join((*_seen, source))}")
+    path = Path(source)
+    if source in PRESETS:
+        path = PRESETS.get(source)
+    elif not (path.suffix in (".yaml", ".yml") or path.exists()):
+        try:
+            PRESETS.get(source)
+        except UnknownComponentError as exc:
+            raise SpecError(f"{exc}; or give a path to a .yaml file") from None
+    data = read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    base = resolve_source(parent, (*_seen, source))
+    return deep_merge(base, data)
+
+
+# ---------------------------------------------------------------------------------- overrides
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise SpecError(f"--set {item!r}: expected key=value, for example critic.num_members=5")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise SpecError(f"--set {item!r}: bad key {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
+    data = copy.deepcopy(data)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for i, part in enumerate(path[:-1]):
+            nxt = node.get(part)
+            if isinstance(nxt, str) and i == len(path) - 2:  # `aggregator: min` shorthand
+                nxt = {"type": nxt}
+            if nxt is None:
+                nxt = {}
+            if not isinstance(nxt, dict):
+                raise SpecError(f"--set {item}: {'.'.join(path[:i + 1])} is not a mapping")
+            node[part] = nxt
+            node = nxt
+        last = path[-1]
+        if isinstance(value, dict) and isinstance(node.get(last), dict):
+            node[last] = deep_merge(node[last], value)
+        else:
+            node[last] = value
+    return data
+
+
+# ---------------------------------------------------------------------------------- top level
+def validate(data: dict, where: str = "spec") -> Spec:
+    """Validate a raw mapping as an agent spec (its ``type`` picks the agent)."""
+    from mrsq.registry import AGENTS
+
+    import mrsq.components  # noqa: F401  (registers the built-in components)
+
+    agent_type = data.get("type")
+    if agent_type is None:
+        raise SpecError(f"{where}: missing 'type' (the agent; known: {', '.join(AGENTS.names())})")
+    try:
+        spec_cls = AGENTS.spec(agent_type)
+    except UnknownComponentError as exc:
+        raise SpecError(f"{where}: type: {exc}") from None
+    try:
+        return spec_cls.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(f"{where}: {format_validation_error(exc, spec_cls, data)}") from None
+
+
+def load(source: str | Path, overrides: Iterable[str] = ()) -> Spec:
+    """Preset name or YAML path (+ ``--set`` overrides) -> validated spec."""
+    data = resolve_source(source)
+    data = apply_overrides(data, overrides)
+    return validate(data, where=str(source))
+
+
+def to_dict(spec: Spec) -> dict:
+    return spec.model_dump(mode="json")
+
+
+def to_yaml(spec: Spec) -> str:
+    return yaml.safe_dump(to_dict(spec), sort_keys=False, default_flow_style=False)
+
+
+def from_yaml(text: str, where: str = "spec") -> Spec:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{where}: invalid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{where}: a spec must be a mapping")
+    return validate(data, where)

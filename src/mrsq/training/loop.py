@@ -1,0 +1,166 @@
+"""The training loop: act -> env.step -> replay.add -> agent.update -> evaluate -> run folder.
+
+A run folder holds ``spec.yaml`` (fully resolved), ``eval.csv``, ``train.csv`` and
+``checkpoint.pt`` (rewritten at every evaluation). Ctrl-C stops cleanly: the checkpoint is
+written and both CSVs are complete.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mrsq import specs
+from mrsq.envs import Env, make_env
+from mrsq.registry import AGENTS
+from mrsq.replay import LAPReplay
+from mrsq.training.checkpoint import save_checkpoint
+from mrsq.training.logging import CSVLog, MetricMeans
+
+EVAL_COLUMNS = ("step", "return_mean", "return_std", "episodes", "wall_time")
+TRAIN_COLUMNS = ("step", "wall_time", "steps_per_s", "episodes", "episode_return",
+                 "encoder/loss", "encoder/dynamics", "encoder/reward", "encoder/termination",
+                 "critic/loss", "critic/q_mean", "critic/grad_norm", "policy/loss",
+                 "policy/pre_activation", "reward_scale")
+
+
+@dataclass
+class RunResult:
+    out: Path
+    steps: int
+    evals: list[tuple[int, float, float]] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_agent(spec, env: Env, device: torch.device):
+    agent = AGENTS.get(spec.type)(spec, env.obs_dim, env.action_dim)
+    return agent.to(device)
+
+
+def evaluate(agent, env: Env, episodes: int) -> tuple[float, float]:
+    """Mean and std of the return over ``episodes`` deterministic episodes."""
+    returns = []
+    for _ in range(episodes):
+        obs, done, total, first = env.reset(), False, 0.0, True
+        agent.planner.reset()
+        while not done:
+            obs, reward, terminated, truncated = env.step(agent.act(obs, explore=False, first=first))
+            total += reward
+            first = False
+            done = terminated or truncated
+        returns.append(total)
+    return float(np.mean(returns)), float(np.std(returns))
+
+
+class Trainer:
+    """Runs one spec to completion, writing the run folder as it goes."""
+
+    def __init__(self, spec, out: Path, progress: bool = True) -> None:
+        self.spec, self.out, self.progress = spec, Path(out), progress
+        t = spec.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        seed_everything(t.seed)
+        self.device = resolve_device(t.device)
+        self.env = make_env(t.env, t.seed)
+        self.eval_env = make_env(t.env, t.seed + 100)
+        self.agent = build_agent(spec, self.env, self.device)
+        r = spec.replay
+        self.replay = LAPReplay(self.env.obs_dim, self.env.action_dim, capacity=min(r.capacity, t.steps),
+                                horizon=max(spec.encoder_horizon, spec.value_horizon), alpha=r.alpha,
+                                min_priority=r.min_priority, prioritized=r.prioritized, seed=t.seed)
+        self.rng = np.random.default_rng(t.seed)
+        self.spec_yaml = specs.to_yaml(spec)
+
+    def run(self) -> RunResult:
+        t, s = self.spec.train, self.spec
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "spec.yaml").write_text(self.spec_yaml)
+        eval_log = CSVLog(self.out / "eval.csv", EVAL_COLUMNS)
+        train_log = CSVLog(self.out / "train.csv", TRAIN_COLUMNS)
+        result = RunResult(self.out, 0)
+        bar = _progress(t.steps, self.progress)
+        means = MetricMeans()
+        start = last_log_time = time.perf_counter()
+        last_log_step, episodes, ep_return, last_return = 0, 0, 0.0, float("nan")
+        obs, first, step = self.env.reset(), True, 0
+        self.agent.planner.reset()
+        try:
+            for step in range(1, t.steps + 1):
+                if self.replay.size < s.warmup_steps:
+                    action = self.rng.uniform(-1, 1, self.env.action_dim).astype(np.float32)
+                else:
+                    action = self.agent.act(obs, explore=True, first=first)
+                next_obs, reward, terminated, truncated = self.env.step(action)
+                self.replay.add(obs, action, reward, next_obs, terminated, truncated)
+                ep_return += reward
+                obs, first = next_obs, False
+                if terminated or truncated:
+                    obs, first, episodes, last_return, ep_return = self.env.reset(), True, episodes + 1, ep_return, 0.0
+                    self.agent.planner.reset()
+                if self.replay.size > s.warmup_steps:
+                    means.add(self.agent.update(self.replay))
+                if step % t.log_every == 0:
+                    now = time.perf_counter()
+                    row = {"step": step, "wall_time": now - start, "episodes": episodes,
+                           "steps_per_s": (step - last_log_step) / (now - last_log_time),
+                           "episode_return": last_return, "reward_scale": float(self.agent.reward_scale)}
+                    row.update(means.pop())
+                    train_log.write(row)
+                    last_log_step, last_log_time = step, now
+                    bar.set_postfix(sps=f"{row['steps_per_s']:.0f}", eval=_last(result), refresh=False)
+                if step % t.eval_every == 0 or step == t.steps:
+                    self._evaluate(step, eval_log, result, start)
+                    bar.set_postfix(sps=f"{(step - last_log_step) / max(time.perf_counter() - last_log_time, 1e-9):.0f}",
+                                    eval=_last(result), refresh=False)
+                bar.update(1)
+            result.steps = step
+        except KeyboardInterrupt:
+            result.interrupted, result.steps = True, step
+            self._checkpoint(step)
+        finally:
+            bar.close()
+            eval_log.close()
+            train_log.close()
+            self.env.close()
+            self.eval_env.close()
+        return result
+
+    def _evaluate(self, step: int, log: CSVLog, result: RunResult, start: float) -> None:
+        mean, std = evaluate(self.agent, self.eval_env, self.spec.train.eval_episodes)
+        log.write({"step": step, "return_mean": mean, "return_std": std,
+                   "episodes": self.spec.train.eval_episodes, "wall_time": time.perf_counter() - start})
+        result.evals.append((step, mean, std))
+        self._checkpoint(step)
+
+    def _checkpoint(self, step: int) -> None:
+        save_checkpoint(self.out / "checkpoint.pt", spec_yaml=self.spec_yaml,
+                        agent_state=self.agent.training_state(), step=step)
+
+
+def _last(result: RunResult) -> str:
+    return f"{result.evals[-1][1]:.1f}" if result.evals else "-"
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, unit="step", dynamic_ncols=True, mininterval=0.5,
+                smoothing=0.05)
