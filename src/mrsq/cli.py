@@ -123,7 +123,7 @@ def cmd_eval(args) -> int:
     agent = build_agent(spec, env, resolve_device(spec.train.device))
     try:
         agent.load_training_state(payload["agent"])
-    except (KeyError, RuntimeError) as exc:
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:  # a forged or foreign agent state
         raise UsageError(f"{args.checkpoint}: weights do not match its spec ({str(exc).splitlines()[0][:200]})") from None
     mean, std = evaluate(agent, env, args.episodes)
     print(f"{env_id}: return {mean:.1f} +- {std:.1f} over {args.episodes} episodes (checkpoint step {payload['step']})")

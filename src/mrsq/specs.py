@@ -169,8 +169,17 @@ def resolve_source(source: str | Path, _seen: tuple[str, ...] = ()) -> dict:
     parent = data.pop("extends", None)
     if parent is None:
         return data
-    base = resolve_source(parent, (*_seen, source))
+    base = resolve_source(_extends_source(parent, path), (*_seen, source))
     return deep_merge(base, data)
+
+
+def _extends_source(parent: Any, child: Path) -> str:
+    """An ``extends`` value: a preset name as is; a relative path is relative to the file holding it."""
+    parent = str(parent)
+    sibling = child.parent / parent
+    if parent in PRESETS or Path(parent).is_absolute() or not sibling.is_file():
+        return parent
+    return str(sibling)
 
 
 # ---------------------------------------------------------------------------------- overrides

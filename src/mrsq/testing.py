@@ -65,6 +65,13 @@ def check_critic(name_or_spec, input_dim: int = 16, batch: int = BATCH):
     n = spec.num_members
     assert q.shape == (n, batch, 1), f"{spec.type}: values shape {tuple(q.shape)}, expected ({n}, {batch}, 1)"
     _assert_finite(spec.type, q)
+    # Each member must depend on the parameters: with stacked parameters ([N, ...]) a member that
+    # outputs a constant would otherwise pass the whole-tensor gradient check below.
+    params = [p for p in critic.parameters() if p.requires_grad]
+    for i in range(n):
+        grads = torch.autograd.grad(q[i].square().mean(), params, retain_graph=True, allow_unused=True)
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), \
+            f"{spec.type}: gradient is exactly zero for every parameter of member {i}"
     _assert_grads(spec.type, critic, q.square().mean())
     return critic
 

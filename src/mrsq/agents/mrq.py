@@ -172,7 +172,7 @@ class MRQ(nn.Module):
                 metrics.update(self.encoder_step(replay.sample(s.batch_size).to(device)))
         batch = replay.sample(s.batch_size, horizon=s.value_horizon).to(device)
         zs, value_metrics, td_error = self.critic_step(batch)
-        replay.update_priority(batch.indices, td_error.to(replay.priorities.device))
+        replay.update_priority(batch.indices, td_error)  # LAPReplay moves it to its (CPU) storage
         metrics.update(value_metrics)
         metrics.update(self.policy_step(zs))
         return metrics

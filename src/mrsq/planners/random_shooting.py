@@ -1,0 +1,48 @@
+"""Random shooting: score uniform random sequences once, act with the best one's first action.
+
+``num_samples`` sequences in total: ``num_policy_trajectories`` copies of the policy's own plan
+(default none) and uniform draws in [-1, 1]^(H x A), all scored with
+:func:`~mrsq.planners.sampling.trajectory_value`. No warm start and no state; training and
+evaluation act the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from mrsq.planners.base import Planner, PlanningModel
+from mrsq.planners.sampling import SampleCountSpec, policy_rollout, trajectory_value
+from mrsq.registry import PLANNERS
+
+
+class RandomShootingSpec(SampleCountSpec):
+    type: Literal["random_shooting"] = "random_shooting"
+    num_samples: int = Field(1024, ge=1, description="sequences scored, policy ones included")
+    num_policy_trajectories: int = Field(0, ge=0, description="of num_samples, copies of the policy's own plan")
+
+
+@PLANNERS.register("random_shooting", spec=RandomShootingSpec,
+                   help="best of uniform random action sequences (one round, no refit)")
+class RandomShootingPlanner(Planner):
+    def __init__(self, spec: RandomShootingSpec, action_dim: int) -> None:
+        super().__init__()
+        self.spec, self.action_dim = spec, action_dim
+
+    def sample(self, n: int, device: torch.device) -> torch.Tensor:
+        """``n`` uniform sequences in [-1, 1] -> ``[n, H, A]``."""
+        return torch.rand(n, self.spec.horizon, self.action_dim, device=device) * 2 - 1
+
+    @torch.no_grad()
+    def plan(self, model: PlanningModel, obs: torch.Tensor, first: bool = False,
+             explore: bool = True) -> torch.Tensor:
+        s = self.spec
+        z0 = model.encode(obs.reshape(1, -1))  # [1, Z]
+        actions = self.sample(s.num_samples - s.num_policy_trajectories, z0.device)
+        values = trajectory_value(model, z0, actions)  # [N - P, 1]
+        if s.num_policy_trajectories > 0:  # identical copies: one is enough to compete
+            pi_actions, pi_value = policy_rollout(model, z0, s.horizon)
+            actions, values = torch.cat([pi_actions, actions]), torch.cat([pi_value, values])
+        return actions.index_select(0, values[:, 0].argmax().reshape(1))[0, 0]

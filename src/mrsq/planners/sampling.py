@@ -1,0 +1,191 @@
+"""Shared code of the sampling planners (MPPI, CEM, random shooting).
+
+Everything here works on plain tensors through a :class:`~mrsq.planners.base.PlanningModel`.
+Action sequences are laid out ``[N, H, A]`` (sequence, time step, action dimension); the latent
+start ``z0 [1, Z]`` is encoded once per action and expanded, never recomputed.
+
+The value of a sequence (TD-MPC2's ``_estimate_value``, with a soft survival weight)::
+
+    V = sum_{t<H} gamma^t * alive_t * r(z_t, a_t) + gamma^H * alive_H * value(z_H, pi(z_H))
+
+with ``(r_t, term_t, z_{t+1}) = model.step(z_t, a_t)``, ``alive_0 = 1`` and
+``alive_{t+1} = alive_t * (1 - term_t)`` when ``model.episodic`` (otherwise ``alive = 1``).
+``model.value`` already applies the planner's aggregator over the critic ensemble.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field, model_validator
+
+from mrsq.planners.base import Planner, PlanningModel
+from mrsq.specs import Spec
+
+
+# ------------------------------------------------------------------------------------ values
+def _rollout(model: PlanningModel, z0: torch.Tensor, horizon: int,
+             actions: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unroll ``horizon`` steps from ``z0 [N, Z]`` and score the trajectory.
+
+    ``actions [N, H, A]`` gives the actions; ``None`` takes ``a_t = model.policy(z_t)``.
+    Returns ``(actions [N, H, A], V [N, 1])`` (the actions taken, and their value as above).
+    """
+    z, ret = z0, z0.new_zeros(z0.shape[0], 1)
+    alive, discount = 1.0, 1.0
+    taken = []
+    for t in range(horizon):
+        a = model.policy(z) if actions is None else actions[:, t]
+        reward, term, z = model.step(z, a)
+        ret = ret + discount * alive * reward
+        if model.episodic:
+            alive = alive * (1 - term)
+        discount = discount * model.discount
+        taken.append(a)
+    ret = ret + discount * alive * model.value(z, model.policy(z))
+    return torch.stack(taken, 1), ret
+
+
+def trajectory_value(model: PlanningModel, z0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """Value of each action sequence from one latent start.
+
+    ``z0 [1, Z]`` (or ``[N, Z]``), ``actions [N, H, A]`` -> ``V [N, 1]`` (see the module doc).
+    """
+    n = actions.shape[0]
+    return _rollout(model, z0.expand(n, -1), actions.shape[1], actions)[1]
+
+
+def policy_rollout(model: PlanningModel, z0: torch.Tensor, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The policy's own ``horizon``-step plan from ``z0 [1, Z]``, scored like any sequence.
+
+    Returns ``(actions [1, H, A], V [1, 1])``. The policy is deterministic, so one rollout
+    stands for all of a planner's policy trajectories.
+    """
+    return _rollout(model, z0, horizon, None)
+
+
+# ------------------------------------------------------------------------------------ helpers
+def shift_mean(mean: torch.Tensor) -> torch.Tensor:
+    """Warm start: ``mean [H, A]`` advanced by one step, the last step set to 0 -> ``[H, A]``."""
+    return torch.cat([mean[1:], torch.zeros_like(mean[:1])], 0)
+
+
+def weighted_stats(actions: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted mean and std of ``actions [K, H, A]`` under ``weights [K]`` (summing to 1).
+
+    Returns ``(mean [H, A], std [H, A])`` with ``std = sqrt(sum_k w_k (a_k - mean)^2)``.
+    """
+    w = weights.reshape(-1, 1, 1)
+    mean = (w * actions).sum(0)
+    std = (w * (actions - mean).square()).sum(0).sqrt()
+    return mean, std
+
+
+def draw_index(weights: torch.Tensor) -> torch.Tensor:
+    """One index drawn with probabilities ``weights [K]`` (Gumbel-max; no host sync) -> ``[]``."""
+    u = torch.rand_like(weights).clamp_(min=1e-20)
+    return (weights.clamp(min=1e-30).log() - (-u.log()).log()).argmax()
+
+
+# ------------------------------------------------------------------------------------ specs
+class SampleCountSpec(Spec):
+    """Fields every sampling planner has (``type`` is set by each subclass)."""
+
+    horizon: int = Field(3, ge=1, description="planning horizon H (model steps per sequence)")
+    num_samples: int = Field(512, ge=1, description="sequences scored per iteration, policy ones included")
+    num_policy_trajectories: int = Field(24, ge=0, description="of num_samples, copies of the policy's own plan")
+
+    @model_validator(mode="after")
+    def _check_counts(self):
+        if self.num_policy_trajectories >= self.num_samples:
+            raise ValueError(f"num_policy_trajectories ({self.num_policy_trajectories}) must be smaller than "
+                             f"num_samples ({self.num_samples}): at least one sequence must be sampled")
+        return self
+
+
+class IterativeSpec(SampleCountSpec):
+    """Fields of the iterative refit planners (MPPI, CEM); defaults are TD-MPC2's."""
+
+    iterations: int = Field(6, ge=1, description="sample-score-refit rounds per action")
+    extra_iterations_large_action: int = Field(
+        2, ge=0, description="added to iterations when action_dim >= 20 (as TD-MPC2)")
+    num_elites: int = Field(64, ge=1, description="best sequences the refit uses")
+    min_std: float = Field(0.05, gt=0, description="lower clamp of the sampling std")
+    max_std: float = Field(2.0, gt=0, description="upper clamp, and the std every search starts from")
+
+    @model_validator(mode="after")
+    def _check_elites(self):
+        if self.num_elites > self.num_samples:
+            raise ValueError(f"num_elites ({self.num_elites}) must be at most num_samples ({self.num_samples})")
+        if self.min_std > self.max_std:
+            raise ValueError(f"min_std ({self.min_std}) must be at most max_std ({self.max_std})")
+        return self
+
+
+LARGE_ACTION_DIM = 20  # TD-MPC2 adds iterations from this action dimension on
+
+
+# ------------------------------------------------------------------------------------ planner
+class IterativeSamplingPlanner(Planner):
+    """Sample around a Gaussian, score, keep elites, refit; warm-started across steps.
+
+    Subclasses choose the elite weights (:meth:`elite_weights`) and the executed action
+    (:meth:`choose`). State: buffer ``mean [H, A]``, the last refit mean (not in checkpoints:
+    it is per-episode state, cleared by :meth:`reset`).
+    """
+
+    def __init__(self, spec: IterativeSpec, action_dim: int) -> None:
+        super().__init__()
+        self.spec, self.action_dim = spec, action_dim
+        extra = spec.extra_iterations_large_action if action_dim >= LARGE_ACTION_DIM else 0
+        self.iterations = spec.iterations + extra
+        # plain values for the hot loop (no pydantic reads inside plan)
+        self.horizon, self.num_samples = spec.horizon, spec.num_samples
+        self.num_policy, self.num_elites = spec.num_policy_trajectories, spec.num_elites
+        self.min_std, self.max_std = spec.min_std, spec.max_std
+        self.register_buffer("mean", torch.zeros(spec.horizon, action_dim), persistent=False)
+
+    def reset(self) -> None:
+        self.mean.zero_()
+
+    def initial_mean(self, first: bool = False) -> torch.Tensor:
+        """Where the search starts: zeros if ``first``, else the stored mean shifted -> ``[H, A]``."""
+        return torch.zeros_like(self.mean) if first else shift_mean(self.mean)
+
+    def sample(self, mean: torch.Tensor, std: torch.Tensor, n: int) -> torch.Tensor:
+        """``n`` sequences from ``N(mean, std)`` clamped to [-1, 1] -> ``[n, H, A]``."""
+        return (mean + std * torch.randn(n, *mean.shape, device=mean.device, dtype=mean.dtype)).clamp_(-1, 1)
+
+    def elite_weights(self, elite_values: torch.Tensor) -> torch.Tensor:
+        """``elite_values [K]`` -> refit weights ``[K]`` summing to 1."""
+        raise NotImplementedError
+
+    def choose(self, elite_actions: torch.Tensor, elite_values: torch.Tensor, weights: torch.Tensor,
+               mean: torch.Tensor, explore: bool) -> torch.Tensor:
+        """Executed action ``[A]`` from the final ``elite_actions [K, H, A]``, ``elite_values [K]``,
+        ``weights [K]`` and refit ``mean [H, A]``."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def plan(self, model: PlanningModel, obs: torch.Tensor, first: bool = False,
+             explore: bool = True) -> torch.Tensor:
+        n, p, k, h = self.num_samples, self.num_policy, self.num_elites, self.horizon
+        z0 = model.encode(obs.reshape(1, -1))  # [1, Z]
+        mean = self.initial_mean(first)
+        std = torch.full_like(mean, self.max_std)
+        actions = mean.new_empty(n, h, self.action_dim)  # rows [:p]: the policy's plan
+        values = mean.new_empty(n, 1)
+        if p > 0:
+            pi_actions, pi_value = policy_rollout(model, z0, h)
+            actions[:p] = pi_actions
+            values[:p] = pi_value
+        for _ in range(self.iterations):
+            actions[p:] = self.sample(mean, std, n - p)
+            values[p:] = trajectory_value(model, z0, actions[p:])
+            elite_values, idx = values[:, 0].topk(k)
+            elite_actions = actions.index_select(0, idx)  # [K, H, A]
+            weights = self.elite_weights(elite_values)
+            mean, std = weighted_stats(elite_actions, weights)
+            std = std.clamp(self.min_std, self.max_std)
+        self.mean.copy_(mean)
+        return self.choose(elite_actions, elite_values, weights, mean, explore)
+

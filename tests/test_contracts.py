@@ -1,0 +1,142 @@
+"""Every registered encoder, critic and policy passes mrsq.testing's public contract check,
+and the check itself fails on broken components."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pytest
+import torch
+from torch import nn
+
+import mrsq.components  # noqa: F401  (registers every built-in component)
+from mrsq.critics.ensemble import EnsembleCritic, EnsembleCriticSpec
+from mrsq.policies.tanh import TanhPolicy, TanhPolicySpec
+from mrsq.registry import CRITICS, ENCODERS, POLICIES
+from mrsq.testing import check_component
+
+
+def test_registries_hold_the_builtins():
+    assert {"elu", "sem"} <= set(ENCODERS.names())
+    assert "ensemble" in CRITICS.names()
+    assert "tanh" in POLICIES.names()
+
+
+@pytest.mark.parametrize("name", ENCODERS.names(), ids=ENCODERS.names())
+def test_encoder_contract(name):
+    model = check_component("encoder", name)
+    assert isinstance(model, ENCODERS.get(name))
+
+
+@pytest.mark.parametrize("name", CRITICS.names(), ids=CRITICS.names())
+def test_critic_contract(name):
+    critic = check_component("critic", name)
+    assert isinstance(critic, CRITICS.get(name))
+
+
+@pytest.mark.parametrize("name", POLICIES.names(), ids=POLICIES.names())
+def test_policy_contract(name):
+    policy = check_component("policy", name)
+    assert isinstance(policy, POLICIES.get(name))
+
+
+@pytest.mark.parametrize("num_members", [1, 2, 10])
+def test_ensemble_sizes(num_members):
+    spec = EnsembleCriticSpec(num_members=num_members, hidden_dim=32)
+    critic = check_component("critic", spec, input_dim=12, batch=4)
+    assert critic.num_members == num_members
+    x = torch.randn(4, 12)
+    q = critic(x)
+    assert q.shape == (num_members, 4, 1)
+    # every member is the plain MLP it claims to be (and members are independently initialised)
+    for i in range(num_members):
+        torch.testing.assert_close(critic.member(i)(x), q[i])
+    if num_members > 1:
+        assert not torch.allclose(q[0], q[1])
+
+
+def test_sem_encoder_with_custom_spec():
+    spec = ENCODERS.spec("sem")(zs_dim=32, za_dim=8, zsa_dim=16, hidden_dim=24, group_size=4)
+    model = check_component("encoder", spec, obs_dim=5, action_dim=2, batch=3)
+    zs = model.zs(torch.randn(3, 5))
+    torch.testing.assert_close(zs.reshape(3, 8, 4).sum(-1), torch.ones(3, 8))  # each simplex sums to 1
+
+
+def test_unknown_family_raises():
+    with pytest.raises(ValueError, match="no contract check"):
+        check_component("planner", "policy")
+
+
+# ------------------------------------------------------------------ the check can fail
+class SkipLayerPolicySpec(TanhPolicySpec):
+    type: Literal["test_skip_layer"] = "test_skip_layer"
+
+
+class SkipLayerPolicy(TanhPolicy):
+    """Broken on purpose: the middle hidden layer is built but never used."""
+
+    def forward(self, zs):
+        first, _, last = self.net.layers
+        pre = last(torch.relu(first(zs)))
+        return torch.tanh(pre), pre
+
+
+class WrongShapeCriticSpec(EnsembleCriticSpec):
+    type: Literal["test_wrong_shape"] = "test_wrong_shape"
+
+
+class WrongShapeCritic(EnsembleCritic):
+    """Broken on purpose: returns the member mean ``[B, 1]`` instead of ``[N, B, 1]``."""
+
+    def forward(self, zsa):
+        return super().forward(zsa).mean(0)
+
+
+class DeadMemberCritic(EnsembleCritic):
+    """Broken on purpose: member 1's value is replaced by a constant (no gradient reaches it)."""
+
+    def forward(self, zsa):
+        q = super().forward(zsa)
+        return torch.cat([q[:1], torch.zeros_like(q[1:])], 0)
+
+
+class NaNPolicy(TanhPolicy):
+    def forward(self, zs):
+        action, pre = super().forward(zs)
+        return action, pre * float("nan")
+
+
+def _register(monkeypatch, registry, name, cls, spec):
+    """Register ``cls`` under ``name`` for this test only."""
+    monkeypatch.setitem(registry._entries, name, (cls, spec, "broken on purpose"))
+
+
+def test_check_catches_a_policy_that_ignores_a_layer(monkeypatch):
+    _register(monkeypatch, POLICIES, "test_skip_layer", SkipLayerPolicy, SkipLayerPolicySpec)
+    with pytest.raises(AssertionError, match=r"net\.layers\.1"):
+        check_component("policy", "test_skip_layer")
+    # the same spec with the real policy passes, so it is the layer skip that is caught
+    check_component("policy", TanhPolicySpec())
+
+
+def test_check_catches_a_critic_with_the_wrong_output_shape(monkeypatch):
+    _register(monkeypatch, CRITICS, "test_wrong_shape", WrongShapeCritic, WrongShapeCriticSpec)
+    with pytest.raises(AssertionError, match="values shape"):
+        check_component("critic", "test_wrong_shape")
+
+
+def test_check_catches_a_member_without_gradient(monkeypatch):
+    _register(monkeypatch, CRITICS, "test_wrong_shape", DeadMemberCritic, WrongShapeCriticSpec)
+    with pytest.raises(AssertionError, match="gradient is exactly zero"):
+        check_component("critic", WrongShapeCriticSpec(hidden_dim=16))
+
+
+def test_check_catches_non_finite_outputs(monkeypatch):
+    _register(monkeypatch, POLICIES, "test_skip_layer", NaNPolicy, SkipLayerPolicySpec)
+    with pytest.raises(AssertionError, match="non-finite"):
+        check_component("policy", SkipLayerPolicySpec(hidden_dim=16))
+
+
+def test_broken_components_do_not_leak_into_the_registry():
+    assert "test_skip_layer" not in POLICIES
+    assert "test_wrong_shape" not in CRITICS
