@@ -66,7 +66,7 @@ def time_ms(fn: Callable[[], object], iters: int, repeats: int) -> float:
     return statistics.median(samples)
 
 
-def _setup(args):
+def _setup(args, warm_steps: int = 5_000):
     from mrsq import specs
     from mrsq.envs import make_env
     from mrsq.replay import LAPReplay
@@ -82,7 +82,7 @@ def _setup(args):
                        horizon=max(spec.encoder_horizon, spec.value_horizon), seed=0)
     rng = np.random.default_rng(0)
     obs = env.reset()
-    for _ in range(5_000):
+    for _ in range(warm_steps):
         a = rng.uniform(-1, 1, env.action_dim).astype(np.float32)
         nxt, r, term, trunc = env.step(a)
         replay.add(obs, a, r, nxt, term, trunc)
@@ -149,6 +149,35 @@ def bench_plan(args) -> dict:
             "ceiling_gflop_per_s": ceiling}
 
 
+def bench_critics(args) -> dict:
+    """Critic-update cost against ensemble size: time and FLOP ratios relative to N=1."""
+    members = [int(n) for n in str(args.members).split(",")]
+    rows = []
+    base_overrides = list(args.overrides)
+    for n in members:
+        args.overrides = [*base_overrides, f"critic.num_members={n}"]
+        spec, env, agent, replay, obs = _setup(args, warm_steps=1_000)
+        B, H = spec.batch_size, spec.value_horizon
+
+        def critic():
+            batch = replay.sample(B, horizon=H)
+            _, _, td = agent.critic_step(batch)
+            replay.update_priority(batch.indices, td)
+
+        flops = count_flops(critic)
+        ms = time_ms(critic, 10, args.repeats)
+        rows.append({"part": f"critic update N={n}", "members": n, "ms": ms, "gflop": flops / 1e9,
+                     "gflop_per_s": flops / 1e9 / (ms / 1e3)})
+    args.overrides = base_overrides
+    ceiling = matmul_ceiling()
+    for r in rows:
+        r["floor_ms"] = r["gflop"] / ceiling["max"] * 1e3
+        r["time_ratio"] = r["ms"] / rows[0]["ms"]
+        r["flop_ratio"] = r["gflop"] / rows[0]["gflop"]
+    return {"benchmark": "critics", "preset": args.preset, "env": args.env, "threads": torch.get_num_threads(),
+            "device": _cpu_name(), "rows": rows, "ceiling_gflop_per_s": ceiling}
+
+
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -168,6 +197,10 @@ def format_table(result: dict) -> str:
         ratio = r["ms"] / r["floor_ms"] if r["floor_ms"] else float("nan")
         lines.append(f"{r['part']:<22}{r['ms']:>10.2f}{r['gflop']:>9.2f}{r['gflop_per_s']:>10.1f}"
                      f"{r['floor_ms']:>10.2f}{ratio:>9.2f}")
+    if result["benchmark"] == "critics":
+        lines.append(f"{'members':<10}{'ms':>10}{'time ratio':>12}{'FLOP ratio':>12}")
+        lines += [f"{r['members']:<10}{r['ms']:>10.2f}{r['time_ratio']:>12.2f}{r['flop_ratio']:>12.2f}"
+                  for r in result["rows"]]
     c = result["ceiling_gflop_per_s"]
     lines.append("fp32 matmul ceiling (measured now): " + ", ".join(f"{k} {v:.0f}" for k, v in c.items()) + " GFLOP/s")
     if "reference" in result:
@@ -178,6 +211,6 @@ def format_table(result: dict) -> str:
 
 
 def main(args) -> int:
-    result = bench_train(args) if args.what == "train" else bench_plan(args)
+    result = {"train": bench_train, "plan": bench_plan, "critics": bench_critics}[args.what](args)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0

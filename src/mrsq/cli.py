@@ -136,6 +136,14 @@ def cmd_bench(args) -> int:
     return bench.main(args)
 
 
+def cmd_plot(args) -> int:
+    from mrsq.plot import plot_runs
+
+    out = plot_runs([Path(r) for r in args.runs], Path(args.out), title=args.title, labels=args.label)
+    print(f"mrsq: wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mrsq", description="Search-based model-based RL from composable parts.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -162,8 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="eval env seed (default: train seed + 100)")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("plot", help="plot eval.csv of one or more run folders into a PNG")
+    p.add_argument("runs", nargs="+", help="run folders (each with eval.csv)")
+    p.add_argument("--out", required=True, help="PNG path")
+    p.add_argument("--title", default="")
+    p.add_argument("--label", action="append", help="legend label per run (default: folder name)")
+    p.set_defaults(func=cmd_plot)
+
     p = sub.add_parser("bench", help="benchmarks that print figures (ms, GFLOP, GFLOP/s, ceiling)")
-    p.add_argument("what", choices=["train", "plan"], help="train: one training-phase step; plan: one action")
+    p.add_argument("what", choices=["train", "plan", "critics"],
+                   help="train: one training-phase step; plan: one action; critics: critic update vs ensemble size")
+    p.add_argument("--members", default="1,2,5,10,20", help="ensemble sizes for `bench critics`")
     p.add_argument("--preset", default="mrq")
     p.add_argument("--env", default="dmc:cheetah-run")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -68,7 +69,33 @@ class MRQSpec(Spec):
     exploration_noise: float = Field(0.2, ge=0, description="Gaussian std on the action while training (0: none)")
     target_policy_noise: float = Field(0.2, ge=0)
     noise_clip: float = Field(0.3, ge=0)
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: autocast network passes to bfloat16 (AMX CPUs, GPUs); fp32 is the paper's")
     train: TrainSpec = Field(default_factory=TrainSpec)
+
+
+@dataclass(frozen=True)
+class _Hyper:
+    """The spec's scalars as plain values: nothing pydantic is read inside update or act."""
+
+    batch_size: int
+    target_update_every: int
+    value_horizon: int
+    exploration_noise: float
+    target_policy_noise: float
+    noise_clip: float
+    critic_grad_clip: float
+    w_dynamics: float
+    w_reward: float
+    w_termination: float
+    w_pre_activation: float
+    bf16: bool
+
+    @classmethod
+    def from_spec(cls, s: MRQSpec) -> "_Hyper":
+        return cls(s.batch_size, s.target_update_every, s.value_horizon, s.exploration_noise,
+                   s.target_policy_noise, s.noise_clip, s.optim.critic_grad_clip, s.losses.dynamics,
+                   s.losses.reward, s.losses.termination, s.losses.pre_activation, s.precision == "bf16")
 
 
 @contextlib.contextmanager
@@ -118,6 +145,7 @@ class MRQ(nn.Module):
     def __init__(self, spec: MRQSpec, obs_dim: int, action_dim: int) -> None:
         super().__init__()
         self.spec, self.obs_dim, self.action_dim = spec, obs_dim, action_dim
+        self.hp = _Hyper.from_spec(spec)
         self.encoder = ENCODERS.get(spec.encoder.type)(spec.encoder, obs_dim, action_dim)
         zsa_dim = spec.encoder.zsa_dim
         self.critic = CRITICS.get(spec.critic.type)(spec.critic, zsa_dim)
@@ -153,15 +181,20 @@ class MRQ(nn.Module):
         """One observation -> one action in [-1, 1] (exploration noise only when ``explore``)."""
         device = self.gammas.device
         obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
-        action = self.planner.plan(self.planning_model, obs_t, first=first, explore=explore)
-        if explore and self.spec.exploration_noise > 0:
-            action = action + torch.randn_like(action) * self.spec.exploration_noise
+        with self.autocast():
+            action = self.planner.plan(self.planning_model, obs_t, first=first, explore=explore).float()
+        if explore and self.hp.exploration_noise > 0:
+            action = action + torch.randn_like(action) * self.hp.exploration_noise
         return action.clamp(-1, 1).cpu().numpy()
+
+    def autocast(self):
+        """bf16 autocast when the spec asks for it (a no-op context otherwise)."""
+        return torch.autocast(self.gammas.device.type, dtype=torch.bfloat16, enabled=self.hp.bf16)
 
     # ------------------------------------------------------------------------------ training
     def update(self, replay) -> dict[str, torch.Tensor]:
         """One training-phase environment step of MR.Q. Returns detached scalar tensors."""
-        s = self.spec
+        s = self.hp
         self.training_steps += 1
         self.env_terminates = replay.env_terminates
         metrics: dict[str, torch.Tensor] = {}
@@ -190,7 +223,7 @@ class MRQ(nn.Module):
         Each step's dynamics, reward and termination terms are means over the batch, masked by
         the product of the earlier steps' not-done flags, and summed over the H steps.
         """
-        s, w = self.spec, self.spec.losses
+        hp = self.hp
         obs, action, next_obs = batch.obs, batch.action, batch.next_obs  # [B,H,*]
         B, H = action.shape[:2]
         with torch.no_grad():
@@ -203,19 +236,21 @@ class MRQ(nn.Module):
             next_zs.append(zs)
             rewards.append(reward_logits)
         alive = _alive_before(batch.terminated)  # [B,H]
-        dyn = ((torch.stack(next_zs, 1) - target_zs).pow(2).mean(-1) * alive).mean(0).sum()
-        rew = (self.two_hot.cross_entropy(torch.stack(rewards, 1), batch.reward) * alive).mean(0).sum()
-        loss = w.dynamics * dyn + w.reward * rew
+        # .float(): losses in fp32 also under bf16 autocast (no-ops in fp32)
+        dyn = ((torch.stack(next_zs, 1).float() - target_zs.float()).pow(2).mean(-1) * alive).mean(0).sum()
+        rew = (self.two_hot.cross_entropy(torch.stack(rewards, 1).float(), batch.reward) * alive).mean(0).sum()
+        loss = hp.w_dynamics * dyn + hp.w_reward * rew
         metrics = {"encoder/dynamics": dyn.detach(), "encoder/reward": rew.detach()}
         if self.env_terminates:  # MR.Q: only once a terminal transition has been stored
-            term = ((torch.cat(dones, 1) - batch.terminated).pow(2) * alive).mean(0).sum()
-            loss = loss + w.termination * term
+            term = ((torch.cat(dones, 1).float() - batch.terminated).pow(2) * alive).mean(0).sum()
+            loss = loss + hp.w_termination * term
             metrics["encoder/termination"] = term.detach()
         metrics["encoder/loss"] = loss.detach()
         return loss, metrics
 
     def encoder_step(self, batch) -> dict[str, torch.Tensor]:
-        loss, metrics = self.encoder_loss(batch)
+        with self.autocast():
+            loss, metrics = self.encoder_loss(batch)
         self.encoder_optim.zero_grad(set_to_none=True)
         loss.backward()
         self.encoder_optim.step()
@@ -228,7 +263,7 @@ class MRQ(nn.Module):
         ``R = sum_t gamma^t r_t * alive_t`` where alive_t is the product of the not-done flags of
         the steps BEFORE t (the terminal reward counts, nothing after it does).
         """
-        s = self.spec
+        s = self.hp
         alive = _alive_before(batch.terminated)  # [B,H]
         ret = (batch.reward * alive * self.gammas).sum(1, keepdim=True)
         not_done = alive[:, -1:] * (1 - batch.terminated[:, -1:])
@@ -236,7 +271,7 @@ class MRQ(nn.Module):
         noise = (torch.randn(next_zs.shape[0], self.action_dim, device=next_zs.device)
                  * s.target_policy_noise).clamp(-s.noise_clip, s.noise_clip)
         next_action = (self.policy_target.act(next_zs) + noise).clamp(-1, 1)
-        q_next = self.target_aggregate(self.critic_target(self.encoder_target.zsa(next_zs, next_action)))
+        q_next = self.target_aggregate(self.critic_target(self.encoder_target.zsa(next_zs, next_action)).float())
         return (ret + not_done * self.bootstrap_discount * q_next * self.target_reward_scale) / self.reward_scale
 
     def critic_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -245,15 +280,16 @@ class MRQ(nn.Module):
         with torch.no_grad():  # RL losses never train the encoder
             zs = self.encoder.zs(batch.obs[:, 0])
             zsa = self.encoder.zsa(zs, batch.action[:, 0])
-        q = self.critic(zsa)  # [N,B,1]
+        q = self.critic(zsa).float()  # [N,B,1]
         loss = F.smooth_l1_loss(q, target.expand_as(q))
         return loss, q, target, zs
 
     def critic_step(self, batch):
-        loss, q, target, zs = self.critic_loss(batch)
+        with self.autocast():
+            loss, q, target, zs = self.critic_loss(batch)
         self.critic_optim.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.critic.parameters(), self.spec.optim.critic_grad_clip)
+        grad_norm = nn.utils.clip_grad_norm_(self.critic.parameters(), self.hp.critic_grad_clip)
         self.critic_optim.step()
         td_error = (q.detach() - target).abs().amax(0).reshape(-1)
         metrics = {"critic/loss": loss.detach(), "critic/q_mean": q.detach().mean(),
@@ -264,13 +300,14 @@ class MRQ(nn.Module):
         """``-mean_B agg_i Q_i(g(zs, pi(zs))) + w * mean(pre_tanh^2)`` (agg: mean in MR.Q)."""
         action, pre = self.policy(zs)
         with frozen(self.encoder, self.critic):
-            q = self.policy_aggregate(self.critic(self.encoder.zsa(zs, action)))
-        penalty = pre.pow(2).mean()
-        loss = -q.mean() + self.spec.losses.pre_activation * penalty
+            q = self.policy_aggregate(self.critic(self.encoder.zsa(zs, action)).float())
+        penalty = pre.float().pow(2).mean()
+        loss = -q.mean() + self.hp.w_pre_activation * penalty
         return loss, {"policy/loss": loss.detach(), "policy/pre_activation": penalty.detach()}
 
     def policy_step(self, zs: torch.Tensor) -> dict[str, torch.Tensor]:
-        loss, metrics = self.policy_loss(zs)
+        with self.autocast():
+            loss, metrics = self.policy_loss(zs)
         self.policy_optim.zero_grad(set_to_none=True)
         loss.backward()
         self.policy_optim.step()

@@ -66,7 +66,20 @@ class EnsembleCritic(nn.Module):
         return _Member(self, i)
 
     def as_tensordict_module(self) -> TensorDictModule:
-        return TensorDictModule(self, in_keys=list(self.spec.in_keys), out_keys=list(self.spec.out_keys))
+        """``zsa [B, D] -> q [B, N, 1]``: batch-first, so it fits a TensorDict of batch size [B]
+        (the module itself returns members-first ``[N, B, 1]``, the layout aggregators take)."""
+        return TensorDictModule(_BatchFirst(self), in_keys=list(self.spec.in_keys), out_keys=list(self.spec.out_keys))
+
+
+class _BatchFirst(nn.Module):
+    """``[N, B, ...] -> [B, N, ...]`` view of an ensemble's output (shares its parameters)."""
+
+    def __init__(self, ensemble: nn.Module) -> None:
+        super().__init__()
+        self.ensemble = ensemble
+
+    def forward(self, zsa: torch.Tensor) -> torch.Tensor:
+        return self.ensemble(zsa).transpose(0, 1)
 
 
 class _Member(nn.Module):
