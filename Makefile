@@ -8,7 +8,7 @@ export MUJOCO_GL ?= disable
 # The demo: a CPU-sized MR.Q on a real dm_control task, a few minutes on 2 cores.
 DEMO_PRESET ?= mrq_small
 DEMO_ENV    ?= dmc:cartpole-swingup
-DEMO_STEPS  ?= 15000
+DEMO_STEPS  ?= 10000
 DEMO_OUT    ?= runs/demo
 
 .PHONY: install demo test test-fast bench clean
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: install
 	@rm -rf $(DEMO_OUT)
-	$(VENV)/bin/mrsq train $(DEMO_PRESET) --env $(DEMO_ENV) --steps $(DEMO_STEPS) --eval-every 2500 \
+	$(VENV)/bin/mrsq train $(DEMO_PRESET) --env $(DEMO_ENV) --steps $(DEMO_STEPS) --eval-every 2000 \
 		--eval-episodes 5 --out $(DEMO_OUT)
 	@echo "Results: $(DEMO_OUT)/eval.csv (returns), $(DEMO_OUT)/train.csv (losses, steps/s),"
 	@echo "         $(DEMO_OUT)/spec.yaml (resolved spec), $(DEMO_OUT)/checkpoint.pt"
