@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 MRQ_PUBLIC_MS = {"total": 140.0, "encoder": 78.0, "critic+policy": 56.0}
 
 
-def matmul_ceiling(threads: int | None = None, repeats: int = 3) -> dict[str, float]:
+def matmul_ceiling(repeats: int = 3) -> dict[str, float]:
     """Best-of fp32 GFLOP/s for the matmul shapes these networks run."""
     out = {}
     for m in (256, 1280, 4096):
@@ -66,7 +66,7 @@ def time_ms(fn: Callable[[], object], iters: int, repeats: int) -> float:
     return statistics.median(samples)
 
 
-def _setup(args, warm_steps: int = 5_000):
+def _setup(args, warm_steps: int = 5_000, extra_overrides: tuple[str, ...] = ()):
     from mrsq import specs
     from mrsq.envs import make_env
     from mrsq.replay import LAPReplay
@@ -75,7 +75,7 @@ def _setup(args, warm_steps: int = 5_000):
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    spec = specs.load(args.preset, [*args.overrides, f"train.env={args.env}"])
+    spec = specs.load(args.preset, [*args.overrides, *extra_overrides, f"train.env={args.env}"])
     env = make_env(args.env, 0)
     agent = build_agent(spec, env, torch.device("cpu"))
     replay = LAPReplay(env.obs_dim, env.action_dim, capacity=20_000,
@@ -153,10 +153,8 @@ def bench_critics(args) -> dict:
     """Critic-update cost against ensemble size: time and FLOP ratios relative to N=1."""
     members = [int(n) for n in str(args.members).split(",")]
     rows = []
-    base_overrides = list(args.overrides)
     for n in members:
-        args.overrides = [*base_overrides, f"critic.num_members={n}"]
-        spec, env, agent, replay, obs = _setup(args, warm_steps=1_000)
+        spec, env, agent, replay, obs = _setup(args, warm_steps=1_000, extra_overrides=(f"critic.num_members={n}",))
         B, H = spec.batch_size, spec.value_horizon
 
         def critic():
@@ -168,7 +166,6 @@ def bench_critics(args) -> dict:
         ms = time_ms(critic, 10, args.repeats)
         rows.append({"part": f"critic update N={n}", "members": n, "ms": ms, "gflop": flops / 1e9,
                      "gflop_per_s": flops / 1e9 / (ms / 1e3)})
-    args.overrides = base_overrides
     ceiling = matmul_ceiling()
     for r in rows:
         r["floor_ms"] = r["gflop"] / ceiling["max"] * 1e3

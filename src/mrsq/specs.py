@@ -139,10 +139,6 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
-def preset_names() -> list[str]:
-    return PRESETS.names()
-
-
 def register_builtin_presets() -> None:
     """Register every YAML file shipped in ``mrsq/presets`` (name = file stem)."""
     for path in sorted(PRESET_DIR.glob("*.yaml")):

@@ -100,6 +100,7 @@ class Trainer:
         means = MetricMeans()
         start = last_log_time = time.perf_counter()
         last_log_step, episodes, ep_return, last_return = 0, 0, 0.0, float("nan")
+        sps = "-"  # steps/s of the last train.csv row, shown on the progress bar
         obs, first, step = self.env.reset(), True, 0
         self.agent.planner.reset()
         try:
@@ -125,11 +126,11 @@ class Trainer:
                     row.update(means.pop())
                     train_log.write(row)
                     last_log_step, last_log_time = step, now
-                    bar.set_postfix(sps=f"{row['steps_per_s']:.0f}", eval=_last(result), refresh=False)
+                    sps = f"{row['steps_per_s']:.0f}"
+                    bar.set_postfix(sps=sps, eval=_last(result), refresh=False)
                 if step % t.eval_every == 0 or step == t.steps:
                     self._evaluate(step, eval_log, result, start)
-                    bar.set_postfix(sps=f"{(step - last_log_step) / max(time.perf_counter() - last_log_time, 1e-9):.0f}",
-                                    eval=_last(result), refresh=False)
+                    bar.set_postfix(sps=sps, eval=_last(result), refresh=False)
                 bar.update(1)
             result.steps = step
         except KeyboardInterrupt:
