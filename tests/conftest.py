@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("MUJOCO_GL", "disable")
+# What `precision: auto` / `compile: auto` mean in this suite (mrsq.runtime): fp32 eager, so
+# hand-computed values do not depend on whether the CPU has AMX, and building an agent does not
+# cost a compilation. The tests of bf16 and of compilation set them explicitly.
+os.environ["MRSQ_PRECISION"] = "fp32"
+os.environ["MRSQ_COMPILE"] = "off"
 
 import subprocess
 import sys

@@ -35,10 +35,12 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from mrsq.agents.spec import AggregatorChoice, LossWeights, OptimSpec, ReplaySpec, TrainSpec, TwoHotSpec
+from mrsq import runtime as rt
+from mrsq.compile import Compiled
 from mrsq.critics.aggregators import build_aggregator
 from mrsq.nn import hard_update_
 from mrsq.registry import AGENTS, CRITICS, ENCODERS, PLANNERS, POLICIES
@@ -69,9 +71,19 @@ class MRQSpec(Spec):
     exploration_noise: float = Field(0.2, ge=0, description="Gaussian std on the action while training (0: none)")
     target_policy_noise: float = Field(0.2, ge=0)
     noise_clip: float = Field(0.3, ge=0)
-    precision: Literal["fp32", "bf16"] = Field(
-        "fp32", description="bf16: autocast network passes to bfloat16 (AMX CPUs, GPUs); fp32 is the paper's")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 where bf16 matmuls are fast (AMX CPUs, bf16 GPUs), else fp32 "
+                            "(mrsq.runtime); bf16: autocast updates, bf16 weight copies for acting")
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto", description="torch.compile the update losses and the planner's scoring "
+                            "(auto: when a compiler is present; failures fall back to eager)")
     train: TrainSpec = Field(default_factory=TrainSpec)
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _yaml_bool(cls, value):
+        # YAML 1.1 reads a bare `on` / `off` as a boolean
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 @dataclass(frozen=True)
@@ -92,10 +104,10 @@ class _Hyper:
     bf16: bool
 
     @classmethod
-    def from_spec(cls, s: MRQSpec) -> "_Hyper":
+    def from_spec(cls, s: MRQSpec, runtime: rt.Runtime) -> "_Hyper":
         return cls(s.batch_size, s.target_update_every, s.value_horizon, s.exploration_noise,
                    s.target_policy_noise, s.noise_clip, s.optim.critic_grad_clip, s.losses.dynamics,
-                   s.losses.reward, s.losses.termination, s.losses.pre_activation, s.precision == "bf16")
+                   s.losses.reward, s.losses.termination, s.losses.pre_activation, runtime.bf16)
 
 
 @contextlib.contextmanager
@@ -112,40 +124,59 @@ def frozen(*modules: nn.Module):
 
 
 class _PlanningView:
-    """The agent's online networks through :class:`mrsq.planners.base.PlanningModel`."""
+    """The agent's acting networks through :class:`mrsq.planners.base.PlanningModel`.
 
-    def __init__(self, agent: "MRQ") -> None:
-        self.agent = agent
+    In fp32 these are the online networks themselves; in bf16 they are bf16 copies refreshed
+    after each update (:meth:`MRQ.acting_nets`). Latents stay in the acting dtype; rewards,
+    termination probabilities and values come back as fp32 (elite selection and the softmax
+    weights are computed in fp32).
+    """
+
+    def __init__(self, agent: "MRQ", nets: "_Nets") -> None:
+        self.agent, self.nets = agent, nets
         self.action_dim = agent.action_dim
         self.discount = agent.spec.discount
+        self.dtype = next(nets.encoder.parameters()).dtype
 
     @property
     def episodic(self) -> bool:
         return self.agent.env_terminates
 
     def encode(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.agent.encoder.zs(obs)
+        return self.nets.encoder.zs(obs.to(self.dtype))
 
     def step(self, z, a):
-        done, next_z, reward_logits = self.agent.encoder.model_all(z, a)
-        return self.agent.two_hot.decode(reward_logits), done.clamp(0, 1), next_z
+        done, next_z, reward_logits = self.nets.encoder.model_all(z, a.to(self.dtype))
+        return self.agent.two_hot.decode(reward_logits.float()), done.float().clamp(0, 1), next_z
 
     def policy(self, z: torch.Tensor) -> torch.Tensor:
-        return self.agent.policy.act(z)
+        return self.nets.policy.act(z).float()
 
     def value(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         # The critics learn Q / reward_scale (MR.Q's reward scaling); the planner adds them to
-        # predicted raw rewards, so scale them back.
-        q = self.agent.critic(self.agent.encoder.zsa(z, a))
-        return self.agent.planner_aggregate(q) * self.agent.reward_scale
+        # predicted raw rewards, so scale them back. The scale is a tensor (not a float) so a
+        # compiled scorer does not specialise on it and recompile every 250 steps.
+        q = self.nets.critic(self.nets.encoder.zsa(z, a.to(self.dtype))).float()
+        return self.agent.planner_aggregate(q) * self.agent.scales[0]
+
+
+@dataclass
+class _Nets:
+    """The networks acting and planning use (plain attribute holder, not an nn.Module, so bf16
+    copies stay out of state dicts and checkpoints)."""
+
+    encoder: nn.Module
+    critic: nn.Module
+    policy: nn.Module
 
 
 @AGENTS.register("mrq", spec=MRQSpec, help="MR.Q; with the right spec also MRS.Q and its ablations")
 class MRQ(nn.Module):
-    def __init__(self, spec: MRQSpec, obs_dim: int, action_dim: int) -> None:
+    def __init__(self, spec: MRQSpec, obs_dim: int, action_dim: int, runtime: rt.Runtime | None = None) -> None:
         super().__init__()
         self.spec, self.obs_dim, self.action_dim = spec, obs_dim, action_dim
-        self.hp = _Hyper.from_spec(spec)
+        self.runtime = runtime or rt.resolve(spec.precision, spec.compile, "cpu")
+        self.hp = _Hyper.from_spec(spec, self.runtime)
         self.encoder = ENCODERS.get(spec.encoder.type)(spec.encoder, obs_dim, action_dim)
         zsa_dim = spec.encoder.zsa_dim
         self.critic = CRITICS.get(spec.critic.type)(spec.critic, zsa_dim)
@@ -169,11 +200,54 @@ class MRQ(nn.Module):
         self.register_buffer("gammas", spec.discount ** torch.arange(h, dtype=torch.float32), persistent=False)
         self.bootstrap_discount = spec.discount ** h
         # reward_scale starts at 1 and target_reward_scale at 0, as in MR.Q; both are refreshed
-        # before the first critic update.
+        # before the first critic update. The floats are for logs and checkpoints; the buffer
+        # (reward_scale, target_reward_scale) is what the (compiled) losses and planner read.
+        self.register_buffer("scales", torch.tensor([1.0, 0.0]), persistent=False)
         self.reward_scale, self.target_reward_scale = 1.0, 0.0
         self.training_steps = 0
         self.env_terminates = False
-        self.planning_model = _PlanningView(self)
+        self._acting: _Nets | None = None  # bf16 copies for acting (built on first use)
+        self._acting_stale = True
+        self.planning_model = _PlanningView(self, _Nets(self.encoder, self.critic, self.policy))
+        self._compile()
+
+    def _compile(self) -> None:
+        """Wrap the update losses and the planner's scoring per the runtime (no-ops when eager)."""
+        r = self.runtime
+        self.compiled_encoder_loss = Compiled(self.encoder_loss_terms, r, "encoder loss")
+        self.compiled_critic_loss = Compiled(self.critic_loss_terms, r, "critic loss")
+        self.compiled_policy_loss = Compiled(self.policy_loss_terms, r, "policy loss")
+        if hasattr(self.planner, "set_runtime"):
+            self.planner.set_runtime(r)
+
+    def acting_nets(self) -> _Nets:
+        """Networks for acting and planning: the online ones in fp32; in bf16, bf16 copies of
+        them, refreshed (one fused foreach copy-cast) after each update, not cast per call."""
+        if not self.hp.bf16:
+            return self.planning_model.nets
+        if self._acting is None:
+            copies = [copy.deepcopy(m).to(torch.bfloat16).requires_grad_(False)
+                      for m in (self.encoder, self.critic, self.policy)]
+            self._acting = _Nets(*copies)
+            self._acting_view = _PlanningView(self, self._acting)
+            self._acting_stale = False
+        elif self._acting_stale:
+            with torch.no_grad():
+                for src, dst in zip((self.encoder, self.critic, self.policy),
+                                    (self._acting.encoder, self._acting.critic, self._acting.policy)):
+                    torch._foreach_copy_(list(dst.parameters()), list(src.parameters()))
+            self._acting_stale = False
+        return self._acting
+
+    def acting_view(self) -> _PlanningView:
+        """The :class:`PlanningModel` the planner uses now (bf16 copies refreshed if stale)."""
+        self.acting_nets()
+        return self._acting_view if self.hp.bf16 else self.planning_model
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to(device) / .float() etc.: rebuild the bf16 acting copies from the moved masters
+        self._acting = None
+        return super()._apply(fn, *args, **kwargs)
 
     # ------------------------------------------------------------------------------ acting
     @torch.no_grad()
@@ -181,8 +255,7 @@ class MRQ(nn.Module):
         """One observation -> one action in [-1, 1] (exploration noise only when ``explore``)."""
         device = self.gammas.device
         obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
-        with self.autocast():
-            action = self.planner.plan(self.planning_model, obs_t, first=first, explore=explore).float()
+        action = self.planner.plan(self.acting_view(), obs_t, first=first, explore=explore).float()
         if explore and self.hp.exploration_noise > 0:
             action = action + torch.randn_like(action) * self.hp.exploration_noise
         return action.clamp(-1, 1).cpu().numpy()
@@ -208,6 +281,7 @@ class MRQ(nn.Module):
         replay.update_priority(batch.indices, td_error)  # LAPReplay moves it to its (CPU) storage
         metrics.update(value_metrics)
         metrics.update(self.policy_step(zs))
+        self._acting_stale = True
         return metrics
 
     def update_targets(self, reward_scale: float) -> None:
@@ -217,14 +291,63 @@ class MRQ(nn.Module):
         self.target_reward_scale = self.reward_scale
         self.reward_scale = reward_scale
 
+    @property
+    def reward_scale(self) -> float:
+        return self._reward_scale
+
+    @reward_scale.setter
+    def reward_scale(self, value: float) -> None:
+        self._reward_scale = float(value)
+        self.scales[0] = self._reward_scale
+
+    @property
+    def target_reward_scale(self) -> float:
+        return self._target_reward_scale
+
+    @target_reward_scale.setter
+    def target_reward_scale(self, value: float) -> None:
+        self._target_reward_scale = float(value)
+        self.scales[1] = self._target_reward_scale
+
+    def _optimize(self, loss_fn: Compiled, optim: torch.optim.Optimizer, *args, clip=None):
+        """forward (autocast when bf16) -> backward -> optional grad clip -> fused AdamW step.
+
+        A compiled loss whose backward fails to compile falls back to eager and is redone."""
+        while True:
+            with self.autocast():
+                loss, *out = loss_fn(*args)
+            optim.zero_grad(set_to_none=True)
+            try:
+                loss.backward()
+                break
+            except Exception as exc:  # noqa: BLE001 - re-raised unless it is a compiler failure
+                if not loss_fn.fall_back(exc):
+                    raise
+        norm = nn.utils.clip_grad_norm_(clip[0], clip[1], foreach=True) if clip else None
+        optim.step()
+        return loss, out, norm
+
     def encoder_loss(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Unrolled model loss over H steps from z0 = f(s0) (MR.Q eq. for L_Encoder).
 
         Each step's dynamics, reward and termination terms are means over the batch, masked by
         the product of the earlier steps' not-done flags, and summed over the H steps.
         """
+        loss, dyn, rew, term = self.encoder_loss_terms(batch.obs, batch.action, batch.reward,
+                                                       batch.next_obs, batch.terminated)
+        return loss, self._encoder_metrics(loss, dyn, rew, term)
+
+    def _encoder_metrics(self, loss, dyn, rew, term) -> dict[str, torch.Tensor]:
+        metrics = {"encoder/dynamics": dyn.detach(), "encoder/reward": rew.detach()}
+        if self.env_terminates:
+            metrics["encoder/termination"] = term.detach()
+        metrics["encoder/loss"] = loss.detach()
+        return metrics
+
+    def encoder_loss_terms(self, obs, action, reward, next_obs, terminated):
+        """Plain-tensor body of :meth:`encoder_loss` (what gets compiled): obs/next_obs
+        ``[B, H, obs]``, action ``[B, H, A]``, reward/terminated ``[B, H]`` -> (loss, dyn, rew, term)."""
         hp = self.hp
-        obs, action, next_obs = batch.obs, batch.action, batch.next_obs  # [B,H,*]
         B, H = action.shape[:2]
         with torch.no_grad():
             target_zs = self.encoder_target.zs(next_obs.reshape(B * H, -1)).reshape(B, H, -1)
@@ -235,83 +358,97 @@ class MRQ(nn.Module):
             dones.append(done)
             next_zs.append(zs)
             rewards.append(reward_logits)
-        alive = _alive_before(batch.terminated)  # [B,H]
+        alive = _alive_before(terminated)  # [B,H]
         # .float(): losses in fp32 also under bf16 autocast (no-ops in fp32)
         dyn = ((torch.stack(next_zs, 1).float() - target_zs.float()).pow(2).mean(-1) * alive).mean(0).sum()
-        rew = (self.two_hot.cross_entropy(torch.stack(rewards, 1).float(), batch.reward) * alive).mean(0).sum()
+        rew = (self.two_hot.cross_entropy(torch.stack(rewards, 1).float(), reward) * alive).mean(0).sum()
         loss = hp.w_dynamics * dyn + hp.w_reward * rew
-        metrics = {"encoder/dynamics": dyn.detach(), "encoder/reward": rew.detach()}
+        term = torch.zeros_like(dyn)
         if self.env_terminates:  # MR.Q: only once a terminal transition has been stored
-            term = ((torch.cat(dones, 1).float() - batch.terminated).pow(2) * alive).mean(0).sum()
+            term = ((torch.cat(dones, 1).float() - terminated).pow(2) * alive).mean(0).sum()
             loss = loss + hp.w_termination * term
-            metrics["encoder/termination"] = term.detach()
-        metrics["encoder/loss"] = loss.detach()
-        return loss, metrics
+        return loss, dyn, rew, term
 
     def encoder_step(self, batch) -> dict[str, torch.Tensor]:
-        with self.autocast():
-            loss, metrics = self.encoder_loss(batch)
-        self.encoder_optim.zero_grad(set_to_none=True)
-        loss.backward()
-        self.encoder_optim.step()
-        return metrics
+        loss, (dyn, rew, term), _ = self._optimize(
+            self.compiled_encoder_loss, self.encoder_optim,
+            batch.obs, batch.action, batch.reward, batch.next_obs, batch.terminated)
+        return self._encoder_metrics(loss, dyn, rew, term)
+
+    def target_noise(self, batch_size: int) -> torch.Tensor:
+        """TD3 target-policy smoothing noise ``clip(N(0, sigma^2), +-c)`` ``[B, A]``. Drawn outside
+        the compiled loss, so eager and compiled runs consume the same random numbers."""
+        s = self.hp
+        noise = torch.randn(batch_size, self.action_dim, device=self.gammas.device) * s.target_policy_noise
+        return noise.clamp(-s.noise_clip, s.noise_clip)
 
     @torch.no_grad()
-    def value_target(self, batch) -> torch.Tensor:
+    def value_target(self, batch, noise: torch.Tensor | None = None) -> torch.Tensor:
         """n-step target ``(R + notdone * gamma^n * agg Qbar(s_n, abar) * target_scale) / scale``.
 
         ``R = sum_t gamma^t r_t * alive_t`` where alive_t is the product of the not-done flags of
         the steps BEFORE t (the terminal reward counts, nothing after it does).
         """
-        s = self.hp
-        alive = _alive_before(batch.terminated)  # [B,H]
-        ret = (batch.reward * alive * self.gammas).sum(1, keepdim=True)
-        not_done = alive[:, -1:] * (1 - batch.terminated[:, -1:])
-        next_zs = self.encoder_target.zs(batch.next_obs[:, -1])
-        noise = (torch.randn(next_zs.shape[0], self.action_dim, device=next_zs.device)
-                 * s.target_policy_noise).clamp(-s.noise_clip, s.noise_clip)
-        next_action = (self.policy_target.act(next_zs) + noise).clamp(-1, 1)
-        q_next = self.target_aggregate(self.critic_target(self.encoder_target.zsa(next_zs, next_action)).float())
-        return (ret + not_done * self.bootstrap_discount * q_next * self.target_reward_scale) / self.reward_scale
+        noise = self.target_noise(batch.reward.shape[0]) if noise is None else noise
+        return self._value_target(batch.reward, batch.terminated, batch.next_obs[:, -1], noise)
 
-    def critic_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _value_target(self, reward, terminated, last_next_obs, noise) -> torch.Tensor:
+        with torch.no_grad():
+            alive = _alive_before(terminated)  # [B,H]
+            ret = (reward * alive * self.gammas).sum(1, keepdim=True)
+            not_done = alive[:, -1:] * (1 - terminated[:, -1:])
+            next_zs = self.encoder_target.zs(last_next_obs)
+            next_action = (self.policy_target.act(next_zs) + noise).clamp(-1, 1)
+            q_next = self.target_aggregate(self.critic_target(self.encoder_target.zsa(next_zs, next_action)).float())
+            reward_scale, target_reward_scale = self.scales[0], self.scales[1]
+            return (ret + not_done * self.bootstrap_discount * q_next * target_reward_scale) / reward_scale
+
+    def critic_loss(self, batch, noise: torch.Tensor | None = None):
         """Huber loss of every member against the shared target. Returns (loss, q, target, zs)."""
-        target = self.value_target(batch)
+        noise = self.target_noise(batch.reward.shape[0]) if noise is None else noise
+        return self.critic_loss_terms(batch.obs[:, 0], batch.action[:, 0], batch.reward,
+                                      batch.terminated, batch.next_obs[:, -1], noise)
+
+    def critic_loss_terms(self, obs0, action0, reward, terminated, last_next_obs, noise):
+        """Plain-tensor body of :meth:`critic_loss` (what gets compiled)."""
+        target = self._value_target(reward, terminated, last_next_obs, noise)
         with torch.no_grad():  # RL losses never train the encoder
-            zs = self.encoder.zs(batch.obs[:, 0])
-            zsa = self.encoder.zsa(zs, batch.action[:, 0])
+            zs = self.encoder.zs(obs0)
+            zsa = self.encoder.zsa(zs, action0)
         q = self.critic(zsa).float()  # [N,B,1]
         loss = F.smooth_l1_loss(q, target.expand_as(q))
         return loss, q, target, zs
 
     def critic_step(self, batch):
-        with self.autocast():
-            loss, q, target, zs = self.critic_loss(batch)
-        self.critic_optim.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.critic.parameters(), self.hp.critic_grad_clip)
-        self.critic_optim.step()
+        noise = self.target_noise(batch.reward.shape[0])
+        loss, (q, target, zs), grad_norm = self._optimize(
+            self.compiled_critic_loss, self.critic_optim,
+            batch.obs[:, 0], batch.action[:, 0], batch.reward, batch.terminated, batch.next_obs[:, -1], noise,
+            clip=(self.critic.parameters(), self.hp.critic_grad_clip))
         td_error = (q.detach() - target).abs().amax(0).reshape(-1)
         metrics = {"critic/loss": loss.detach(), "critic/q_mean": q.detach().mean(),
                    "critic/grad_norm": grad_norm.detach()}
-        return zs, metrics, td_error
+        return zs.detach(), metrics, td_error
 
     def policy_loss(self, zs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``-mean_B agg_i Q_i(g(zs, pi(zs))) + w * mean(pre_tanh^2)`` (agg: mean in MR.Q)."""
-        action, pre = self.policy(zs)
         with frozen(self.encoder, self.critic):
-            q = self.policy_aggregate(self.critic(self.encoder.zsa(zs, action)).float())
-        penalty = pre.float().pow(2).mean()
-        loss = -q.mean() + self.hp.w_pre_activation * penalty
+            loss, penalty = self.policy_loss_terms(zs)
         return loss, {"policy/loss": loss.detach(), "policy/pre_activation": penalty.detach()}
 
+    def policy_loss_terms(self, zs: torch.Tensor):
+        """Plain-tensor body of :meth:`policy_loss` (compiled); call it with the encoder and the
+        critic frozen, so the backward computes no weight gradients for them."""
+        action, pre = self.policy(zs)
+        q = self.policy_aggregate(self.critic(self.encoder.zsa(zs, action)).float())
+        penalty = pre.float().pow(2).mean()
+        loss = -q.mean() + self.hp.w_pre_activation * penalty
+        return loss, penalty
+
     def policy_step(self, zs: torch.Tensor) -> dict[str, torch.Tensor]:
-        with self.autocast():
-            loss, metrics = self.policy_loss(zs)
-        self.policy_optim.zero_grad(set_to_none=True)
-        loss.backward()
-        self.policy_optim.step()
-        return metrics
+        with frozen(self.encoder, self.critic):
+            loss, (penalty,), _ = self._optimize(self.compiled_policy_loss, self.policy_optim, zs)
+        return {"policy/loss": loss.detach(), "policy/pre_activation": penalty.detach()}
 
     # ------------------------------------------------------------------------------ state
     def training_state(self) -> dict:
@@ -333,6 +470,7 @@ class MRQ(nn.Module):
         sc = state["scalars"]
         self.reward_scale, self.target_reward_scale = sc["reward_scale"], sc["target_reward_scale"]
         self.training_steps, self.env_terminates = sc["training_steps"], sc["env_terminates"]
+        self._acting_stale = True
 
     def actor_module(self):
         """``observation -> zs -> action`` as a TensorDictSequential for TorchRL pipelines."""

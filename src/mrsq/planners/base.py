@@ -44,6 +44,10 @@ class Planner(nn.Module):
     def reset(self) -> None:
         """Forget warm-start state (called at every episode start)."""
 
+    def set_runtime(self, runtime) -> None:
+        """Compile what is worth compiling for ``runtime`` (:class:`mrsq.runtime.Runtime`).
+        Called once by the agent after construction; the default plans eager."""
+
     def plan(self, model: PlanningModel, obs: torch.Tensor, first: bool = False,
              explore: bool = True) -> torch.Tensor:
         raise NotImplementedError

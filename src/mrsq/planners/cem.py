@@ -35,5 +35,6 @@ class CEMPlanner(IterativeSamplingPlanner):
         return torch.full_like(elite_values, 1.0 / elite_values.shape[0])
 
     def choose(self, elite_actions, elite_values, weights, mean, explore):
-        """``[A]``: the first action of the best elite (``topk`` sorts, so row 0), or of ``mean``."""
-        return mean[0].clone() if self.spec.action == "mean" else elite_actions[0, 0]
+        """``[H, A]``: the best elite (``topk`` sorts, so row 0), or ``mean``; its first action is
+        executed."""
+        return mean.clone() if self.spec.action == "mean" else elite_actions[0]

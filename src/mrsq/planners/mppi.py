@@ -46,5 +46,6 @@ class MPPIPlanner(IterativeSamplingPlanner):
         return torch.softmax(self.temperature * (elite_values - elite_values.max()), 0)
 
     def choose(self, elite_actions, elite_values, weights, mean, explore):
-        """First action ``[A]`` of one elite drawn with ``weights`` (also when not exploring)."""
-        return elite_actions.index_select(0, draw_index(weights).reshape(1))[0, 0]
+        """Sequence ``[H, A]`` of one elite drawn with ``weights`` (also when not exploring);
+        its first action is executed."""
+        return elite_actions.index_select(0, draw_index(weights).reshape(1))[0]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field, model_validator
 
+from mrsq.compile import Compiled
 from mrsq.planners.base import Planner, PlanningModel
 from mrsq.specs import Spec
 
@@ -42,6 +43,9 @@ def _rollout(model: PlanningModel, z0: torch.Tensor, horizon: int,
         discount = discount * model.discount
         taken.append(a)
     ret = ret + discount * alive * model.value(z, model.policy(z))
+    # TD-MPC2 guards its planner the same way: a non-finite value (a diverged model) must never
+    # win the elite selection; it becomes the lowest finite value instead.
+    ret = torch.nan_to_num(ret, nan=-1e30, posinf=-1e30, neginf=-1e30)
     return torch.stack(taken, 1), ret
 
 
@@ -143,6 +147,17 @@ class IterativeSamplingPlanner(Planner):
         self.num_policy, self.num_elites = spec.num_policy_trajectories, spec.num_elites
         self.min_std, self.max_std = spec.min_std, spec.max_std
         self.register_buffer("mean", torch.zeros(spec.horizon, action_dim), persistent=False)
+        self._score, self._policy_rollout, self._search = trajectory_value, policy_rollout, self.search
+
+    def set_runtime(self, runtime) -> None:
+        """CPU: compile the trajectory scoring (fuses the networks' elementwise work; the loop
+        around it is cheap). CUDA: compile the whole search with CUDA graphs, one graph replay
+        per action (``reduce-overhead``), so no kernel is launched from Python per iteration."""
+        if runtime.device.startswith("cuda"):
+            self._search = Compiled(self.search, runtime, f"{type(self).__name__} search")
+        else:
+            self._score = Compiled(trajectory_value, runtime, "planner scoring")
+            self._policy_rollout = Compiled(policy_rollout, runtime, "planner policy rollout")
 
     def reset(self) -> None:
         self.mean.zero_()
@@ -161,31 +176,43 @@ class IterativeSamplingPlanner(Planner):
 
     def choose(self, elite_actions: torch.Tensor, elite_values: torch.Tensor, weights: torch.Tensor,
                mean: torch.Tensor, explore: bool) -> torch.Tensor:
-        """Executed action ``[A]`` from the final ``elite_actions [K, H, A]``, ``elite_values [K]``,
-        ``weights [K]`` and refit ``mean [H, A]``."""
+        """The executed sequence ``[H, A]`` (its first action is taken) from the final
+        ``elite_actions [K, H, A]``, ``elite_values [K]``, ``weights [K]`` and refit ``mean [H, A]``."""
         raise NotImplementedError
 
     @torch.no_grad()
     def plan(self, model: PlanningModel, obs: torch.Tensor, first: bool = False,
              explore: bool = True) -> torch.Tensor:
+        mean0 = self.initial_mean(first)
+        action, mean, sequence = self._search(model, obs.reshape(1, -1), mean0, explore)
+        self.mean.copy_(mean)
+        self.last_sequence = sequence.clone()  # [H, A]: the executed elite's whole sequence
+        return action.clone()
+
+    def search(self, model: PlanningModel, obs: torch.Tensor, mean: torch.Tensor,
+               explore: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One action's search from ``obs [1, obs]`` and the start ``mean [H, A]``.
+
+        Returns ``(action [A], final mean [H, A], executed elite's sequence [H, A])``. Pure
+        tensor code with no host synchronisation: compiled (and CUDA-graph captured) as a whole
+        on GPUs."""
         n, p, k, h = self.num_samples, self.num_policy, self.num_elites, self.horizon
-        z0 = model.encode(obs.reshape(1, -1))  # [1, Z]
-        mean = self.initial_mean(first)
+        z0 = model.encode(obs)  # [1, Z]
         std = torch.full_like(mean, self.max_std)
         actions = mean.new_empty(n, h, self.action_dim)  # rows [:p]: the policy's plan
         values = mean.new_empty(n, 1)
         if p > 0:
-            pi_actions, pi_value = policy_rollout(model, z0, h)
+            pi_actions, pi_value = self._policy_rollout(model, z0, h)
             actions[:p] = pi_actions
             values[:p] = pi_value
         for _ in range(self.iterations):
             actions[p:] = self.sample(mean, std, n - p)
-            values[p:] = trajectory_value(model, z0, actions[p:])
+            values[p:] = self._score(model, z0, actions[p:])
             elite_values, idx = values[:, 0].topk(k)
             elite_actions = actions.index_select(0, idx)  # [K, H, A]
             weights = self.elite_weights(elite_values)
             mean, std = weighted_stats(elite_actions, weights)
             std = std.clamp(self.min_std, self.max_std)
-        self.mean.copy_(mean)
-        return self.choose(elite_actions, elite_values, weights, mean, explore)
+        chosen = self.choose(elite_actions, elite_values, weights, mean, explore)
+        return chosen[0], mean, chosen
 

@@ -7,6 +7,7 @@ written and both CSVs are complete.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,10 @@ import torch
 from mrsq import specs
 from mrsq.envs import Env, make_env
 from mrsq.registry import AGENTS
+from mrsq.compile import compile_report
 from mrsq.replay import LAPReplay
+from mrsq.runtime import Runtime
+from mrsq.runtime import resolve as resolve_runtime
 from mrsq.training.checkpoint import save_checkpoint
 from mrsq.training.logging import CSVLog, MetricMeans
 
@@ -49,8 +53,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_agent(spec, env: Env, device: torch.device):
-    agent = AGENTS.get(spec.type)(spec, env.obs_dim, env.action_dim)
+def build_agent(spec, env: Env, device: torch.device, runtime: Runtime | None = None):
+    """The spec's agent on ``device``, with precision and compilation resolved for this machine."""
+    runtime = runtime or resolve_runtime(spec.precision, spec.compile, device)
+    agent = AGENTS.get(spec.type)(spec, env.obs_dim, env.action_dim, runtime=runtime)
     return agent.to(device)
 
 
@@ -81,7 +87,8 @@ class Trainer:
         self.device = resolve_device(t.device)
         self.env = make_env(t.env, t.seed)
         self.eval_env = make_env(t.env, t.seed + 100)
-        self.agent = build_agent(spec, self.env, self.device)
+        self.runtime = resolve_runtime(spec.precision, spec.compile, self.device)
+        self.agent = build_agent(spec, self.env, self.device, self.runtime)
         r = spec.replay
         self.replay = LAPReplay(self.env.obs_dim, self.env.action_dim, capacity=min(r.capacity, t.steps),
                                 horizon=max(spec.encoder_horizon, spec.value_horizon), alpha=r.alpha,
@@ -93,6 +100,9 @@ class Trainer:
         t, s = self.spec.train, self.spec
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "spec.yaml").write_text(self.spec_yaml)
+        self._write_run_json()
+        if self.progress:
+            print(self.runtime.summary(), flush=True)
         eval_log = CSVLog(self.out / "eval.csv", EVAL_COLUMNS)
         train_log = CSVLog(self.out / "train.csv", TRAIN_COLUMNS)
         result = RunResult(self.out, 0)
@@ -145,11 +155,20 @@ class Trainer:
         return result
 
     def _evaluate(self, step: int, log: CSVLog, result: RunResult, start: float) -> None:
+        self._write_run_json()  # compile times are known after the first updates
         mean, std = evaluate(self.agent, self.eval_env, self.spec.train.eval_episodes)
         log.write({"step": step, "return_mean": mean, "return_std": std,
                    "episodes": self.spec.train.eval_episodes, "wall_time": time.perf_counter() - start})
         result.evals.append((step, mean, std))
         self._checkpoint(step)
+
+    def _write_run_json(self) -> None:
+        """``run.json``: what ``auto`` resolved to on this machine (spec.yaml keeps ``auto``), and
+        the compile seconds once known."""
+        info = {"runtime": self.runtime.as_dict(), "compile_seconds": compile_report()}
+        tmp = self.out / "run.json.tmp"
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        tmp.replace(self.out / "run.json")
 
     def _checkpoint(self, step: int) -> None:
         save_checkpoint(self.out / "checkpoint.pt", spec_yaml=self.spec_yaml,
