@@ -228,7 +228,7 @@ def test_yaml_misspelled_top_level_field(tmp_path):
     path = write(tmp_path, "typo.yaml", "extends: mrq\ndiscont: 0.9\n")
     msg = load_error(str(path))
     assert msg.startswith(f"{path}: discont: unknown field; did you mean 'discount'?")
-    assert "(allowed: aggregators, batch_size, critic," in msg
+    assert "(allowed: aggregators, batch_size, compile, critic," in msg
 
 
 def test_yaml_extends_with_override(tmp_path):

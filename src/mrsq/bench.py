@@ -1,84 +1,116 @@
 """Benchmarks that print figures: milliseconds, floating-point work, achieved GFLOP/s, and the
-fp32 matmul ceiling measured in the same run (so every figure has its floor beside it).
+matmul ceiling of the dtype and device the work ran in, measured in the same run (so every
+figure has its floor beside it, and a bf16 run is compared with the bf16 ceiling).
 
-``mrsq bench train``: one training-phase environment step of an agent at full size, split into
-encoder update (MR.Q runs 250 back to back every 250 steps: one per step amortised), critic
-update, policy update and the rest (acting, env step, replay add).
+``mrsq bench train``: one training-phase environment step at full size, split into encoder update
+(MR.Q runs 250 back to back every 250 steps: one per step amortised), critic update, policy
+update and the rest (acting, env step, replay add).
 ``mrsq bench plan``: one action of the agent's planner.
+``mrsq bench loop``: environment steps per second of the whole training loop (act with the
+agent's planner, env step, replay add, critic + policy update, the encoder burst amortised).
+``mrsq bench critics``: critic-update cost against ensemble size.
+``mrsq bench scaling``: plan and update time against their sizes, each beside its FLOP ratio.
+``mrsq bench all``: all of the above into one JSON file (``--out``) and markdown tables.
 
-FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on the real calls (matmuls,
-forward and backward); elementwise work (layer norm, activations, optimiser) is not counted, so
-GFLOP/s here is "matmul work per second", comparable with the matmul ceiling.
+Every bench runs with the runtime the spec resolves to on this machine (precision and compile,
+:mod:`mrsq.runtime`) and prints it. FLOPs are counted by ``FlopCounterMode`` on eager calls of the
+same functions (matmuls, forward and backward); elementwise work is not counted, so GFLOP/s here
+is "matmul work per second", comparable with the matmul ceiling.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-# Public MR.Q code on this kind of machine (2 cores, fp32, patched only to run on a CPU); see
-# docs/results.md. ms per training-phase env step.
-MRQ_PUBLIC_MS = {"total": 140.0, "encoder": 78.0, "critic+policy": 56.0}
+from mrsq.compile import compile_report, eager
 
 
-def matmul_ceiling(repeats: int = 3) -> dict[str, float]:
-    """Best-of fp32 GFLOP/s for the matmul shapes these networks run."""
-    out = {}
-    for m in (256, 1280, 4096):
-        a, b = torch.randn(m, 512), torch.randn(512, 512)
-        for _ in range(5):
-            a @ b
-        best = 0.0
-        for _ in range(repeats):
-            n = max(10, 20_000 // m)
-            t = time.perf_counter()
-            for _ in range(n):
-                a @ b
-            best = max(best, 2 * m * 512 * 512 * n / (time.perf_counter() - t) / 1e9)
-        out[f"{m}x512x512"] = best
+# ---------------------------------------------------------------------------------- measuring
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_ceiling(dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                   repeats: int = 3, seconds: float = 0.15) -> dict[str, float]:
+    """Best-of GFLOP/s of ``[m, 512] @ [512, 512]`` (the shapes these networks run) in ``dtype``.
+
+    Each repeat runs for about ``seconds``; a size whose single call already takes longer than
+    that (bf16 on a CPU without bf16 instructions runs at ~1 GFLOP/s) is timed once, and larger
+    sizes are skipped, so the ceiling of a slow dtype is measured in seconds, not minutes."""
+    device = torch.device(device)
+    out: dict[str, float] = {}
+    sizes = (256, 1280, 4096) if device.type == "cpu" else (4096, 16384, 65536)
+    for m in sizes:
+        a = torch.randn(m, 512, device=device, dtype=dtype)
+        b = torch.randn(512, 512, device=device, dtype=dtype)
+        flop = 2 * m * 512 * 512
+        single = _timed(lambda: a @ b, 1, device)  # also the warm-up
+        if single > seconds:
+            out[f"{m}x512x512"] = flop / single / 1e9
+            break
+        n = max(3, int(seconds / max(_timed(lambda: a @ b, 1, device), 1e-6)))
+        out[f"{m}x512x512"] = max(flop * n / _timed(lambda: a @ b, n, device) / 1e9 for _ in range(repeats))
     out["max"] = max(out.values())
     return out
 
 
+def _timed(fn: Callable[[], object], n: int, device: torch.device) -> float:
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    _sync(device)
+    return time.perf_counter() - t
+
+
 def count_flops(fn: Callable[[], object]) -> float:
-    with FlopCounterMode(display=False) as counter:
+    """Matmul FLOPs of one eager call of ``fn`` (compiled functions run eager here)."""
+    with eager(), FlopCounterMode(display=False) as counter:
         fn()
     return float(counter.get_total_flops())
 
 
-def time_ms(fn: Callable[[], object], iters: int, repeats: int) -> float:
+def time_ms(fn: Callable[[], object], iters: int, repeats: int, device: torch.device = torch.device("cpu")) -> float:
     """Median over ``repeats`` of the mean time of ``iters`` calls, after a warm-up."""
     for _ in range(max(2, iters // 5)):
         fn()
     samples = []
     for _ in range(repeats):
+        _sync(device)
         t = time.perf_counter()
         for _ in range(iters):
             fn()
+        _sync(device)
         samples.append((time.perf_counter() - t) / iters * 1e3)
     return statistics.median(samples)
 
 
+# ---------------------------------------------------------------------------------- set-up
 def _setup(args, warm_steps: int = 5_000, extra_overrides: tuple[str, ...] = ()):
     from mrsq import specs
     from mrsq.envs import make_env
     from mrsq.replay import LAPReplay
-    from mrsq.training.loop import build_agent
+    from mrsq.runtime import resolve
+    from mrsq.training.loop import build_agent, resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     spec = specs.load(args.preset, [*args.overrides, *extra_overrides, f"train.env={args.env}"])
+    device = resolve_device(spec.train.device)
+    runtime = resolve(spec.precision, spec.compile, device)
     env = make_env(args.env, 0)
-    agent = build_agent(spec, env, torch.device("cpu"))
-    replay = LAPReplay(env.obs_dim, env.action_dim, capacity=20_000,
+    agent = build_agent(spec, env, device, runtime)
+    replay = LAPReplay(env.obs_dim, env.action_dim, capacity=max(warm_steps, 1_000) + 1_000,
                        horizon=max(spec.encoder_horizon, spec.value_horizon), seed=0)
     rng = np.random.default_rng(0)
     obs = env.reset()
@@ -89,19 +121,36 @@ def _setup(args, warm_steps: int = 5_000, extra_overrides: tuple[str, ...] = ())
         obs = env.reset() if term or trunc else nxt
     agent.update_targets(replay.reward_scale())
     agent.env_terminates = replay.env_terminates
-    return spec, env, agent, replay, obs
+    return spec, env, agent, replay, obs, runtime
 
 
+def _header(name: str, args, runtime, ceiling: dict, compile_start: dict) -> dict:
+    compiled = {k: v - compile_start.get(k, 0.0) for k, v in compile_report().items()}
+    return {"benchmark": name, "preset": args.preset, "env": args.env, "threads": torch.get_num_threads(),
+            "device": runtime.device_name, "runtime": runtime.as_dict(),
+            "ceiling_dtype": runtime.precision, "ceiling_gflop_per_s": ceiling,
+            "compile_seconds": {k: v for k, v in compiled.items() if v > 0}}
+
+
+def _row(part: str, ms: float, flops: float, ceiling: dict, **extra) -> dict:
+    return {"part": part, "ms": ms, "gflop": flops / 1e9,
+            "gflop_per_s": flops / 1e9 / (ms / 1e3) if ms else 0.0,
+            "floor_ms": flops / 1e9 / ceiling["max"] * 1e3, **extra}
+
+
+# ---------------------------------------------------------------------------------- benches
 def bench_train(args) -> dict:
-    spec, env, agent, replay, obs = _setup(args)
+    before = compile_report()
+    spec, env, agent, replay, obs, rt = _setup(args)
+    dev = rt.torch_device
     B, H = spec.batch_size, spec.value_horizon
     state = {"obs": obs, "zs": None}
 
     def encoder():
-        agent.encoder_step(replay.sample(B))
+        agent.encoder_step(replay.sample(B).to(dev))
 
     def critic():
-        batch = replay.sample(B, horizon=H)
+        batch = replay.sample(B, horizon=H).to(dev)
         state["zs"], _, td = agent.critic_step(batch)
         replay.update_priority(batch.indices, td)
 
@@ -118,96 +167,240 @@ def bench_train(args) -> dict:
     parts = {"encoder update": encoder, "critic update": critic, "policy update": policy, "rest": rest}
     flops = {k: count_flops(f) for k, f in parts.items()}
     iters = {"encoder update": 10, "critic update": 10, "policy update": 20, "rest": 50}
-    ms = {k: time_ms(f, iters[k], args.repeats) for k, f in parts.items()}
-    ceiling = matmul_ceiling()
-    total_ms, total_flops = sum(ms.values()), sum(flops.values())
-    rows = [{"part": k, "ms": ms[k], "gflop": flops[k] / 1e9,
-             "gflop_per_s": flops[k] / 1e9 / (ms[k] / 1e3) if ms[k] else 0.0,
-             "floor_ms": flops[k] / 1e9 / ceiling["max"] * 1e3} for k in parts]
-    rows.append({"part": "total per env step", "ms": total_ms, "gflop": total_flops / 1e9,
-                 "gflop_per_s": total_flops / 1e9 / (total_ms / 1e3),
-                 "floor_ms": total_flops / 1e9 / ceiling["max"] * 1e3})
-    return {"benchmark": "train", "preset": args.preset, "env": args.env, "threads": torch.get_num_threads(),
-            "device": _cpu_name(), "rows": rows, "ceiling_gflop_per_s": ceiling,
-            "steps_per_s": 1e3 / total_ms,
-            "reference": {"public_mrq_ms": MRQ_PUBLIC_MS["total"],
-                          "speedup_vs_public_mrq": MRQ_PUBLIC_MS["total"] / total_ms}}
+    ms = {k: time_ms(f, iters[k], args.repeats, dev) for k, f in parts.items()}
+    ceiling = matmul_ceiling(rt.dtype, dev)
+    rows = [_row(k, ms[k], flops[k], ceiling) for k in parts]
+    rows.append(_row("total per env step", sum(ms.values()), sum(flops.values()), ceiling))
+    return {**_header("train", args, rt, ceiling, before), "rows": rows, "steps_per_s": 1e3 / sum(ms.values())}
 
 
 def bench_plan(args) -> dict:
-    spec, env, agent, replay, obs = _setup(args)
+    before = compile_report()
+    spec, env, agent, replay, obs, rt = _setup(args, warm_steps=1_000)
     agent.planner.reset()
     act = lambda: agent.act(obs, explore=False)
+    act()  # compiles
     flops = count_flops(act)
-    ms = time_ms(act, 5, args.repeats)
-    ceiling = matmul_ceiling()
-    return {"benchmark": "plan", "preset": args.preset, "env": args.env, "threads": torch.get_num_threads(),
-            "device": _cpu_name(), "planner": spec.planner.type,
-            "rows": [{"part": "one action", "ms": ms, "gflop": flops / 1e9,
-                      "gflop_per_s": flops / 1e9 / (ms / 1e3),
-                      "floor_ms": flops / 1e9 / ceiling["max"] * 1e3}],
-            "ceiling_gflop_per_s": ceiling}
+    ms = time_ms(act, args.plan_iters, args.repeats, rt.torch_device)
+    ceiling = matmul_ceiling(rt.dtype, rt.torch_device)
+    return {**_header("plan", args, rt, ceiling, before), "planner": spec.planner.type,
+            "rows": [_row("one action", ms, flops, ceiling)]}
+
+
+def bench_loop(args) -> dict:
+    """Env steps/s of the training loop after warm-up: the trainer's step (act with the planner
+    and exploration, env step, replay add, ``agent.update``) timed over ``--loop-steps`` steps
+    between two encoder bursts, plus one encoder update per step (MR.Q's 250-update burst every
+    250 steps, amortised; timed separately so the window need not span a whole burst)."""
+    before = compile_report()
+    spec, env, agent, replay, obs, rt = _setup(args, warm_steps=2_000)
+    dev = rt.torch_device
+    agent.training_steps = 1  # the next update is not a burst step (bursts are timed apart)
+    state = {"obs": obs, "first": True}
+
+    def loop_step():
+        a = agent.act(state["obs"], explore=True, first=state["first"])
+        nxt, r, term, trunc = env.step(a)
+        replay.add(state["obs"], a, r, nxt, term, trunc)
+        state["obs"], state["first"] = (env.reset(), True) if term or trunc else (nxt, False)
+        if term or trunc:
+            agent.planner.reset()
+        agent.update(replay)
+
+    def encoder():
+        agent.encoder_step(replay.sample(spec.batch_size).to(dev))
+
+    steps = args.loop_steps
+    every = spec.target_update_every
+    if agent.training_steps + 2 * steps + 2 >= every:
+        raise ValueError(f"--loop-steps {steps} too large for target_update_every {every}")
+    step_ms = time_ms(loop_step, steps, 1, dev)  # warm-up (compiles) + one window of `steps`
+    enc_ms = time_ms(encoder, 5, args.repeats, dev)
+    total = step_ms + enc_ms
+    ceiling = matmul_ceiling(rt.dtype, dev)
+    flops = count_flops(loop_step) + count_flops(encoder)
+    return {**_header("loop", args, rt, ceiling, before), "planner": spec.planner.type,
+            "rows": [_row("act + update", step_ms, flops - count_flops(encoder), ceiling),
+                     _row("encoder (amortised)", enc_ms, count_flops(encoder), ceiling),
+                     _row("one env step", total, flops, ceiling)],
+            "steps_per_s": 1e3 / total}
 
 
 def bench_critics(args) -> dict:
-    """Critic-update cost against ensemble size: time and FLOP ratios relative to N=1."""
+    """Critic-update cost against ensemble size: time and FLOP ratios relative to the first."""
     members = [int(n) for n in str(args.members).split(",")]
+    before = compile_report()
     rows = []
     for n in members:
-        spec, env, agent, replay, obs = _setup(args, warm_steps=1_000, extra_overrides=(f"critic.num_members={n}",))
+        spec, env, agent, replay, obs, rt = _setup(args, warm_steps=1_000,
+                                                   extra_overrides=(f"critic.num_members={n}",))
         B, H = spec.batch_size, spec.value_horizon
+        dev = rt.torch_device
 
         def critic():
-            batch = replay.sample(B, horizon=H)
+            batch = replay.sample(B, horizon=H).to(dev)
             _, _, td = agent.critic_step(batch)
             replay.update_priority(batch.indices, td)
 
         flops = count_flops(critic)
-        ms = time_ms(critic, 10, args.repeats)
-        rows.append({"part": f"critic update N={n}", "members": n, "ms": ms, "gflop": flops / 1e9,
-                     "gflop_per_s": flops / 1e9 / (ms / 1e3)})
-    ceiling = matmul_ceiling()
+        rows.append({"part": f"critic update N={n}", "members": n, "ms": time_ms(critic, 10, args.repeats, dev),
+                     "gflop": flops / 1e9})
+    ceiling = matmul_ceiling(rt.dtype, dev)
     for r in rows:
-        r["floor_ms"] = r["gflop"] / ceiling["max"] * 1e3
-        r["time_ratio"] = r["ms"] / rows[0]["ms"]
-        r["flop_ratio"] = r["gflop"] / rows[0]["gflop"]
-    return {"benchmark": "critics", "preset": args.preset, "env": args.env, "threads": torch.get_num_threads(),
-            "device": _cpu_name(), "rows": rows, "ceiling_gflop_per_s": ceiling}
+        r.update(_row(r["part"], r["ms"], r["gflop"] * 1e9, ceiling))
+        r["time_ratio"], r["flop_ratio"] = r["ms"] / rows[0]["ms"], r["gflop"] / rows[0]["gflop"]
+    return {**_header("critics", args, rt, ceiling, before), "rows": rows}
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores visible)"
-    except OSError:
-        pass
-    return f"cpu ({os.cpu_count()} cores visible)"
+# What `bench scaling` varies: (label, --set overrides) per row, relative to the first of its group.
+# Every row sets its value explicitly, so the labels hold whatever the preset's defaults are
+# (elites and policy trajectories scale with the samples, as 64 and 24 of TD-MPC2's 512).
+PLAN_SCALING = {
+    "samples": [(f"num_samples={n}", [f"planner.num_samples={n}", f"planner.num_elites={n // 8}",
+                                      f"planner.num_policy_trajectories={3 * n // 64}"]) for n in (256, 512, 1024)],
+    "iterations": [(f"iterations={n}", [f"planner.iterations={n}"]) for n in (3, 6, 12)],
+    "horizon": [(f"horizon={n}", [f"planner.horizon={n}"]) for n in (1, 3, 5)],
+    "ensemble": [(f"critics={n}", [f"critic.num_members={n}"]) for n in (2, 5, 10, 20)],
+}
+UPDATE_SCALING = {
+    "ensemble": [(f"critics={n}", [f"critic.num_members={n}"]) for n in (1, 2, 5, 10, 20)],
+    "batch": [(f"batch={b}", [f"batch_size={b}"]) for b in (128, 256, 512)],
+}
 
 
+def bench_scaling(args) -> dict:
+    """Plan time (preset ``--plan-preset``) and critic+policy update time (``--preset``) against
+    their sizes, each with its FLOP ratio. Runs eager (a compile per shape would dominate), so
+    the ratios compare like with like; absolute figures are in the other benches."""
+    from argparse import Namespace
+
+    out, rt, ceiling = {"plan": {}, "update": {}}, None, None
+    before = compile_report()
+    base = dict(vars(args), overrides=[*args.overrides, "compile=off"])
+    for group, variants in PLAN_SCALING.items():
+        rows = []
+        for label, sets in variants:
+            a = Namespace(**{**base, "preset": args.plan_preset, "overrides": [*base["overrides"], *sets]})
+            spec, env, agent, replay, obs, rt = _setup(a, warm_steps=300)
+            act = lambda: agent.act(obs, explore=False)
+            rows.append({"part": label, "ms": time_ms(act, 2, args.repeats, rt.torch_device), "gflop": count_flops(act) / 1e9})
+        out["plan"][group] = _ratios(rows)
+    for group, variants in UPDATE_SCALING.items():
+        rows = []
+        for label, sets in variants:
+            a = Namespace(**{**base, "overrides": [*base["overrides"], *sets]})
+            spec, env, agent, replay, obs, rt = _setup(a, warm_steps=1_000)
+            dev = rt.torch_device
+
+            def update():
+                zs, _, _ = agent.critic_step(replay.sample(spec.batch_size, horizon=spec.value_horizon).to(dev))
+                agent.policy_step(zs)
+
+            rows.append({"part": label, "ms": time_ms(update, 5, args.repeats, dev), "gflop": count_flops(update) / 1e9})
+        out["update"][group] = _ratios(rows)
+    ceiling = matmul_ceiling(rt.dtype, rt.torch_device)
+    hdr = _header("scaling", args, rt, ceiling, before)
+    hdr["runtime"]["compile"] = False
+    return {**hdr, "plan_preset": args.plan_preset, "scaling": out}
+
+
+def _ratios(rows: list[dict]) -> list[dict]:
+    for r in rows:
+        r["time_ratio"], r["flop_ratio"] = r["ms"] / rows[0]["ms"], r["gflop"] / rows[0]["gflop"]
+    return rows
+
+
+def bench_all(args) -> dict:
+    """train (``--preset``), plan and loop (``--plan-preset`` and ``--preset``), scaling."""
+    from argparse import Namespace
+
+    def run(fn, **kw):
+        t = time.perf_counter()
+        result = fn(Namespace(**{**vars(args), **kw}))
+        result["bench_seconds"] = time.perf_counter() - t
+        print(format_table(result), flush=True)
+        return result
+
+    results = [run(bench_train), run(bench_plan, preset=args.plan_preset),
+               run(bench_loop), run(bench_loop, preset=args.plan_preset)]
+    if not args.no_scaling:
+        results.append(run(bench_scaling))
+    return {"benchmark": "all", "results": results}
+
+
+# ---------------------------------------------------------------------------------- output
 def format_table(result: dict) -> str:
+    if result["benchmark"] == "all":
+        return markdown(result)
     lines = [f"mrsq bench {result['benchmark']}: preset {result['preset']}, env {result['env']}, "
              f"{result['threads']} threads, {result['device']}",
-             f"{'part':<22}{'ms':>10}{'GFLOP':>9}{'GFLOP/s':>10}{'floor ms':>10}{'x floor':>9}"]
-    for r in result["rows"]:
-        ratio = r["ms"] / r["floor_ms"] if r["floor_ms"] else float("nan")
-        lines.append(f"{r['part']:<22}{r['ms']:>10.2f}{r['gflop']:>9.2f}{r['gflop_per_s']:>10.1f}"
-                     f"{r['floor_ms']:>10.2f}{ratio:>9.2f}")
+             f"precision {result['runtime']['precision']}, compile {'on' if result['runtime']['compile'] else 'off'}"
+             + (f" (compile s: {sum(result['compile_seconds'].values()):.1f})" if result.get("compile_seconds") else "")]
+    if result["benchmark"] == "scaling":
+        for kind, groups in result["scaling"].items():
+            for group, rows in groups.items():
+                lines.append(f"{kind} vs {group}: " + ", ".join(
+                    f"{r['part']} {r['ms']:.1f} ms (x{r['time_ratio']:.2f} time, x{r['flop_ratio']:.2f} FLOP)" for r in rows))
+    else:
+        lines.append(f"{'part':<22}{'ms':>10}{'GFLOP':>9}{'GFLOP/s':>10}{'floor ms':>10}{'x floor':>9}")
+        for r in result["rows"]:
+            ratio = r["ms"] / r["floor_ms"] if r["floor_ms"] else float("nan")
+            lines.append(f"{r['part']:<22}{r['ms']:>10.2f}{r['gflop']:>9.2f}{r['gflop_per_s']:>10.1f}"
+                         f"{r['floor_ms']:>10.2f}{ratio:>9.2f}")
     if result["benchmark"] == "critics":
         lines.append(f"{'members':<10}{'ms':>10}{'time ratio':>12}{'FLOP ratio':>12}")
         lines += [f"{r['members']:<10}{r['ms']:>10.2f}{r['time_ratio']:>12.2f}{r['flop_ratio']:>12.2f}"
                   for r in result["rows"]]
     c = result["ceiling_gflop_per_s"]
-    lines.append("fp32 matmul ceiling (measured now): " + ", ".join(f"{k} {v:.0f}" for k, v in c.items()) + " GFLOP/s")
-    if "reference" in result:
-        ref = result["reference"]
-        lines.append(f"steps/s {result['steps_per_s']:.2f}; public MR.Q code on this machine class "
-                     f"~{ref['public_mrq_ms']:.0f} ms/step -> speedup {ref['speedup_vs_public_mrq']:.2f}x")
+    lines.append(f"{result['ceiling_dtype']} matmul ceiling (measured now): "
+                 + ", ".join(f"{k} {v:.0f}" for k, v in c.items()) + " GFLOP/s")
+    if "steps_per_s" in result:
+        lines.append(f"env steps/s: {result['steps_per_s']:.2f}")
     return "\n".join(lines)
 
 
+def markdown(result: dict) -> str:
+    """The ``bench all`` result as the markdown tables of docs/performance.md."""
+    lines = []
+    for r in result["results"]:
+        rt = r["runtime"]
+        lines.append(f"**{r['benchmark']}** ({r['preset']}, {r['env']}): {r['device']}, {r['threads']} threads, "
+                     f"{rt['precision']}, compile {'on' if rt['compile'] else 'off'}, "
+                     f"{r['ceiling_dtype']} ceiling {r['ceiling_gflop_per_s']['max']:.0f} GFLOP/s")
+        lines.append("")
+        if r["benchmark"] == "scaling":
+            lines.append("| what | size | ms | time ratio | FLOP ratio |")
+            lines.append("|---|---|---:|---:|---:|")
+            for kind, groups in r["scaling"].items():
+                for group, rows in groups.items():
+                    lines += [f"| {kind} vs {group} | {x['part']} | {x['ms']:.1f} | {x['time_ratio']:.2f} | "
+                              f"{x['flop_ratio']:.2f} |" for x in rows]
+        else:
+            lines.append("| part | ms | GFLOP | GFLOP/s | floor ms | x floor |")
+            lines.append("|---|---:|---:|---:|---:|---:|")
+            for x in r["rows"]:
+                ratio = x["ms"] / x["floor_ms"] if x["floor_ms"] else float("nan")
+                lines.append(f"| {x['part']} | {x['ms']:.1f} | {x['gflop']:.2f} | {x['gflop_per_s']:.0f} | "
+                             f"{x['floor_ms']:.1f} | {ratio:.2f} |")
+            if "steps_per_s" in r:
+                lines.append(f"\nenv steps/s: **{r['steps_per_s']:.2f}**")
+        lines.append("")
+    return "\n".join(lines)
+
+
+BENCHES = {"train": bench_train, "plan": bench_plan, "loop": bench_loop, "critics": bench_critics,
+           "scaling": bench_scaling, "all": bench_all}
+
+
 def main(args) -> int:
-    result = {"train": bench_train, "plan": bench_plan, "critics": bench_critics}[args.what](args)
-    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    result = BENCHES[args.what](args)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif args.what != "all":  # `all` printed each table as it went
+        print(format_table(result))
+    else:
+        print(markdown(result))
     return 0

@@ -69,11 +69,14 @@ def cmd_train(args) -> int:
     trainer = Trainer(spec, out, progress=not args.no_progress)
     print(f"mrsq: training {Path(args.source).stem} on {spec.train.env} (seed {spec.train.seed}, "
           f"{spec.train.steps} steps) -> {out}", file=sys.stderr)
+    print(f"mrsq: {trainer.runtime.summary()}", file=sys.stderr)
     result = trainer.run()
     last = f"{result.evals[-1][1]:.1f} at step {result.evals[-1][0]}" if result.evals else "none"
     status = "interrupted" if result.interrupted else "done"
+    compiled = trainer.compile_seconds()
     print(f"mrsq: {status} after {result.steps} steps; last eval return {last}; results in {out}/ "
-          f"(spec.yaml, eval.csv, train.csv, checkpoint.pt)", file=sys.stderr)
+          f"(spec.yaml, run.json, eval.csv, train.csv, checkpoint.pt)"
+          + (f"; compilation took {compiled:.0f} s" if compiled else ""), file=sys.stderr)
     return 130 if result.interrupted else 0
 
 
@@ -178,10 +181,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("bench", help="benchmarks that print figures (ms, GFLOP, GFLOP/s, ceiling)")
-    p.add_argument("what", choices=["train", "plan", "critics"],
-                   help="train: one training-phase step; plan: one action; critics: critic update vs ensemble size")
+    p.add_argument("what", choices=["train", "plan", "loop", "critics", "scaling", "all"],
+                   help="train: one training-phase step; plan: one action; loop: env steps/s of the training "
+                        "loop; critics: critic update vs ensemble size; scaling: time vs sizes beside FLOP "
+                        "ratios; all: train, plan, loop and scaling into one JSON (--out)")
     p.add_argument("--members", default="1,2,5,10,20", help="ensemble sizes for `bench critics`")
-    p.add_argument("--preset", default="mrq")
+    p.add_argument("--preset", default="mrq", help="the agent (for `all`: of train and the first loop)")
+    p.add_argument("--plan-preset", default="mrsq", help="`all` and `scaling`: the preset planning is measured with")
+    p.add_argument("--plan-iters", type=int, default=5, help="actions per timed repeat of `bench plan`")
+    p.add_argument("--loop-steps", type=int, default=20, help="env steps per timed window of `bench loop`")
+    p.add_argument("--no-scaling", action="store_true", help="`all` without the scaling tables")
+    p.add_argument("--out", help="also write the JSON result to this file")
     p.add_argument("--env", default="dmc:cheetah-run")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported)")

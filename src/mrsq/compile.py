@@ -15,6 +15,7 @@ tell an Inductor bug from a tracing problem, or to make tests of the compile plu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
@@ -54,19 +55,18 @@ class Compiled:
         return self._compiled is not None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self._compiled is None:
+        if self._compiled is None or _EAGER[0]:
             return self.fn(*args, **kwargs)
-        self._calls += 1
-        if self._calls > 1:
-            return self._compiled(*args, **kwargs)
         start = time.perf_counter()
-        try:
+        try:  # every call: a recompilation (new shapes) can fail as well as the first
             out = self._compiled(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eager
+        except Exception as exc:  # noqa: BLE001 - a compiler failure means: run eager
             if not self.fall_back(exc):
                 raise
             return self.fn(*args, **kwargs)
-        self.compile_seconds += time.perf_counter() - start
+        if not self._calls:  # the first successful call includes the compilation
+            self.compile_seconds += time.perf_counter() - start
+        self._calls += 1
         return out
 
     def fall_back(self, exc: BaseException) -> bool:
@@ -78,6 +78,21 @@ class Compiled:
         warnings.warn(f"torch.compile failed for {self.name}, running it eager ({self.failed[:200]})",
                       CompileFallbackWarning, stacklevel=3)
         return True
+
+
+_EAGER = [False]
+
+
+@contextlib.contextmanager
+def eager():
+    """Run every :class:`Compiled` function eager inside this block (e.g. to count FLOPs with
+    ``FlopCounterMode``, which sees eager aten calls only)."""
+    before = _EAGER[0]
+    _EAGER[0] = True
+    try:
+        yield
+    finally:
+        _EAGER[0] = before
 
 
 def is_compile_error(exc: BaseException) -> bool:

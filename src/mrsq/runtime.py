@@ -167,3 +167,14 @@ def resolve(precision: Precision = "auto", compile: CompileChoice = "auto",
                    threads=torch.get_num_threads(), device_name=device_name(device),
                    requested={"precision": precision, "compile": compile},
                    reasons={"precision": why, "compile": cwhy})
+
+
+def replay_device(device: torch.device | str, nbytes: int, fraction: float = 0.5) -> torch.device:
+    """Where the replay's sampling state lives: ``device`` when it is a GPU with room for
+    ``nbytes`` within ``fraction`` of its free memory (sampling and gathering there avoids a host
+    round trip per update), else the CPU."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return torch.device("cpu")
+    free, _ = torch.cuda.mem_get_info(device)
+    return device if nbytes <= fraction * free else torch.device("cpu")

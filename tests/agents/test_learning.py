@@ -47,9 +47,11 @@ def random_return(env_id: str, episodes: int, seed: int) -> float:
 
 
 @pytest.mark.slow
-def test_mrq_learns_inverted_pendulum(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_mrq_learns_inverted_pendulum(tmp_path, precision):
+    """fp32, and bf16 forced (autocast updates, bf16 acting copies) whatever the CPU has."""
     pytest.importorskip("mujoco")
-    spec = specs.load("mrq_small", OVERRIDES)
+    spec = specs.load("mrq_small", [*OVERRIDES, f"precision={precision}"])
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

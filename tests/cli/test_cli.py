@@ -3,6 +3,8 @@ as a real ``python -m mrsq.cli`` subprocess for exit status, tracebacks, plug-in
 
 from __future__ import annotations
 
+import json
+
 import os
 
 os.environ.setdefault("MUJOCO_GL", "disable")
@@ -229,9 +231,17 @@ def test_train_then_eval_subprocess(mrsq_subprocess, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "mrsq: done after 300 steps" in proc.stderr
-    assert sorted(p.name for p in out_dir.iterdir()) == ["checkpoint.pt", "eval.csv", "spec.yaml", "train.csv"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["checkpoint.pt", "eval.csv", "run.json", "spec.yaml",
+                                                         "train.csv"]
+    # run.json: what `auto` resolved to here (the suite pins auto to fp32 eager); spec.yaml keeps auto
+    run = json.loads((out_dir / "run.json").read_text())
+    assert run["runtime"]["requested"] == {"precision": "auto", "compile": "auto"}
+    assert run["runtime"]["precision"] == "fp32" and run["runtime"]["compile"] is False
+    assert run["runtime"]["device"] == "cpu" and run["runtime"]["device_name"] and run["runtime"]["torch"]
+    assert "mrsq: runtime: cpu" in proc.stderr and "precision fp32" in proc.stderr
 
     spec = specs.from_yaml((out_dir / "spec.yaml").read_text())
+    assert spec.precision == "auto" and spec.compile == "auto"
     assert spec == specs.load("mrq_small", ["warmup_steps=100", "target_update_every=50", "train.threads=1",
                                             "train.log_every=100", "train.env=dmc:cartpole-swingup",
                                             "train.steps=300", "train.eval_every=150",

@@ -371,3 +371,24 @@ def test_state_dict_round_trip():
 
     with pytest.raises(ValueError, match="capacity"):
         make_buffer(capacity=38).load_state_dict(loaded_state)
+
+
+def test_device_mirror_path_samples_exactly_like_host_storage():
+    """The device-storage path (host arrays mirrored before each draw; priorities, draws and
+    gathers on the device), run on the CPU: same seed, same batches and priorities as the plain
+    path, across wrap-around, terminations and priority updates."""
+    plain, mirror = make_buffer(capacity=23, seed=5), make_buffer(capacity=23, seed=5, _mirror=True)
+    recs = [Recorder(plain), Recorder(mirror)]
+    for length, end in [(9, "terminated"), (7, "truncated"), (12, "open")]:
+        for rec in recs:
+            rec.add_episode(length, end)
+        batches = [b.sample(8) for b in (plain, mirror)]
+        for field in ("obs", "action", "reward", "next_obs", "terminated", "indices"):
+            assert torch.equal(getattr(batches[0], field), getattr(batches[1], field)), field
+        for b, batch in zip((plain, mirror), batches):
+            b.update_priority(batch.indices, torch.arange(8.0) * 3)
+    assert torch.equal(plain.priorities, mirror.priorities)
+    assert mirror._obs_t.data_ptr() != torch.from_numpy(mirror._obs).data_ptr()  # really a copy
+    restored = make_buffer(capacity=23, seed=0, _mirror=True)
+    restored.load_state_dict(mirror.state_dict())
+    assert torch.equal(restored.sample(8).obs, mirror.sample(8).obs)

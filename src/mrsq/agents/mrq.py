@@ -220,6 +220,12 @@ class MRQ(nn.Module):
         if hasattr(self.planner, "set_runtime"):
             self.planner.set_runtime(r)
 
+    def compiled_functions(self) -> list[Compiled]:
+        """This agent's :class:`Compiled` wrappers (losses, planner), for compile-time reports."""
+        found = [self.compiled_encoder_loss, self.compiled_critic_loss, self.compiled_policy_loss]
+        found += [v for v in vars(self.planner).values() if isinstance(v, Compiled)]
+        return found
+
     def acting_nets(self) -> _Nets:
         """Networks for acting and planning: the online ones in fp32; in bf16, bf16 copies of
         them, refreshed (one fused foreach copy-cast) after each update, not cast per call."""

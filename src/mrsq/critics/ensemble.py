@@ -1,7 +1,7 @@
 """A critic ensemble evaluated as one vectorized computation.
 
 Parameters of the N members are stacked (``weight [N, in, out]``, ``bias [N, 1, out]``) and every
-layer is one batched matmul (``baddbmm``), so N critics cost one kernel launch per layer instead
+layer is one batched matmul (``bmm``), so N critics cost one kernel launch per layer instead
 of N. Each member is initialised independently (MR.Q's xavier init on its own ``[in, out]`` slice)
 before stacking. The module returns every member's value, ``[N, B, 1]``; how the values are
 combined (min, mean, ...) is a separate, named choice: :mod:`mrsq.critics.aggregators`.
@@ -56,7 +56,10 @@ class EnsembleCritic(nn.Module):
         x = zsa if zsa.dim() == 3 else zsa.unsqueeze(0).expand(self.num_members, *zsa.shape)
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            x = torch.baddbmm(b, x, w)
+            # bmm, then the bias: compiled, the add fuses into the layer norm + activation that
+            # follows; baddbmm would first copy the broadcast bias into the output (measured: the
+            # 10-critic forward at planner batch 25% faster this way under torch.compile on CPU)
+            x = torch.bmm(x, w) + b
             if i < last:
                 x = ln_act(x, self.act)
         return x

@@ -24,8 +24,12 @@ FRAMES_PER_EPISODE = 1000
 def _suite():
     """Import ``dm_control.suite`` lazily (it is slow), headless unless the user chose a GL backend."""
     os.environ.setdefault("MUJOCO_GL", "disable")
+    from absl import logging as absl_logging
     from dm_control import suite
 
+    # dm_control's XML loader warns through absl on every load of some tasks ("settotalmass is
+    # deprecated"): a dm_control/MuJoCo version note, not something a user can act on
+    absl_logging.set_verbosity(absl_logging.ERROR)
     return suite
 
 

@@ -21,6 +21,12 @@ Validity of a start slot ``s`` (a window ``s .. s+H-1``, slots taken modulo ``C`
 Priorities (LAP): a start is drawn with probability proportional to ``priority * valid``.
 ``update_priority`` stores ``max(td_error, min_priority) ** alpha``; new transitions get the
 running maximum priority. The maximum stays a 0-d tensor, so no host sync is needed per step.
+
+Device storage (``device="cuda"``): ``add`` still writes the host arrays (a few numpy stores per
+step); before each draw the rows written since the last one (plus the ``H`` slots before them,
+whose validity an ``add`` may change) are copied to a device mirror in one transfer, and
+priorities, the sampling cumsum, the draw, the gather and ``update_priority`` all stay on the
+device, so a training step makes no host synchronisation for the replay.
 """
 
 from __future__ import annotations
@@ -102,6 +108,9 @@ class LAPReplay:
         min_priority: floor applied to the raw error before the exponent.
         prioritized: if False, starts are drawn uniformly among the valid ones.
         seed: seed of the buffer's own ``torch.Generator``; None seeds it non-deterministically.
+        device: where priorities live and batches are drawn and gathered (host arrays are
+            mirrored there when it is not the CPU; see the module docstring).
+        _mirror: use the device-mirror code path even on the CPU (for tests of that path).
     """
 
     def __init__(
@@ -114,6 +123,8 @@ class LAPReplay:
         min_priority: float = 1.0,
         prioritized: bool = True,
         seed: int | None = None,
+        device: torch.device | str = "cpu",
+        _mirror: bool = False,
     ) -> None:
         self._obs_dim = _require_int("obs_dim", obs_dim, 1)
         self._action_dim = _require_int("action_dim", action_dim, 1)
@@ -129,12 +140,19 @@ class LAPReplay:
         if seed is not None:
             seed = _require_int("seed", seed, 0)
 
+        self._device = torch.device(device)
+        self._mirrored = self._device.type != "cpu" or bool(_mirror)
         self._allocate_storage()
-        self._generator = torch.Generator()
+        self._generator = torch.Generator(device=self._device)
         if seed is None:
             self._generator.seed()
         else:
             self._generator.manual_seed(seed)
+
+    @staticmethod
+    def storage_bytes(obs_dim: int, action_dim: int, capacity: int) -> int:
+        """Bytes of one copy of the storage (float32 rows, validity and priority)."""
+        return 4 * capacity * (2 * obs_dim + action_dim + 4)
 
     def _allocate_storage(self) -> None:
         """Create zeroed numpy arrays (``[C, ...]``), their torch views and the bookkeeping."""
@@ -145,16 +163,15 @@ class LAPReplay:
         self._next_obs = np.zeros((c, self._obs_dim), dtype=np.float32)
         self._terminated = np.zeros(c, dtype=np.float32)
         self._valid = np.zeros(c, dtype=np.float32)
-        # Views sharing memory with the arrays above; arrays are only ever written in place.
-        self._obs_t = torch.from_numpy(self._obs)
-        self._action_t = torch.from_numpy(self._action)
-        self._reward_t = torch.from_numpy(self._reward)
-        self._next_obs_t = torch.from_numpy(self._next_obs)
-        self._terminated_t = torch.from_numpy(self._terminated)
-        self._valid_t = torch.from_numpy(self._valid)
+        # On the CPU: views sharing memory with the arrays above (only ever written in place).
+        # Elsewhere: device copies, brought up to date by _sync_device before each read.
+        for key in _ARRAY_KEYS:
+            host = torch.from_numpy(getattr(self, f"_{key}"))
+            setattr(self, f"_{key}_t", torch.zeros_like(host, device=self._device) if self._mirrored else host)
+        self._synced = 0  # transitions (num_added) already mirrored to the device
 
-        self._priority = torch.zeros(c, dtype=torch.float32)
-        self._max_priority = torch.tensor(self._min_priority**self._alpha, dtype=torch.float32)
+        self._priority = torch.zeros(c, dtype=torch.float32, device=self._device)
+        self._max_priority = torch.tensor(self._min_priority**self._alpha, dtype=torch.float32, device=self._device)
         self._num_added = 0  # transitions ever added; the next slot is num_added % C
         self._num_prioritized = 0  # transitions whose slot already holds its initial priority
         self._episode_length = 0  # transitions of the current (unfinished) episode
@@ -191,6 +208,11 @@ class LAPReplay:
     def prioritized(self) -> bool:
         """Whether sampling follows priorities (else uniform over valid starts)."""
         return self._prioritized
+
+    @property
+    def device(self) -> torch.device:
+        """Where priorities live and sampled batches are returned."""
+        return self._device
 
     @property
     def max_priority(self) -> torch.Tensor:
@@ -249,6 +271,20 @@ class LAPReplay:
         count = min(self._episode_length, self._horizon)
         self._valid[np.arange(last_slot - count + 1, last_slot + 1)] = 1.0
 
+    def _sync_device(self) -> None:
+        """Mirror the rows written since the last sync (and the ``H`` slots before them, whose
+        ``valid`` flags an ``add`` may have changed) to the device, in one transfer per array."""
+        if not self._mirrored or self._synced == self._num_added:
+            return
+        c = self._capacity
+        start = max(self._synced - self._horizon, self._num_added - c, 0)
+        slots = np.arange(start, self._num_added) % c
+        index = torch.from_numpy(slots).to(self._device)
+        for key in _ARRAY_KEYS:
+            rows = torch.from_numpy(getattr(self, f"_{key}")[slots]).to(self._device, non_blocking=True)
+            getattr(self, f"_{key}_t").index_copy_(0, index, rows)
+        self._synced = self._num_added
+
     def _assign_new_priorities(self) -> None:
         """Give every slot written since the last call the current max priority.
 
@@ -288,6 +324,7 @@ class LAPReplay:
 
     def _sampling_weights(self) -> torch.Tensor:
         """Unnormalised probability of each stored start slot, ``[N]`` float32."""
+        self._sync_device()
         valid = self._valid_t[: self.size]
         if not self._prioritized:
             return valid
@@ -306,19 +343,21 @@ class LAPReplay:
             raise RuntimeError("cannot sample from an empty replay buffer")
         cumsum = torch.cumsum(self._sampling_weights(), dim=0, dtype=torch.float64)
         total = cumsum[-1]
-        if not bool(total > 0):  # CPU tensor: cheap
+        # weights are positive exactly where valid; on a device, ask the host arrays (no sync)
+        empty = not self._valid[: self.size].any() if self._mirrored else not bool(total > 0)
+        if empty:
             raise RuntimeError(
                 "no valid start index yet: a start needs `horizon` later transitions of its "
                 "episode, or a termination within `horizon` steps"
             )
-        u = torch.rand(batch_size, dtype=torch.float64, generator=self._generator) * total
+        u = torch.rand(batch_size, dtype=torch.float64, generator=self._generator, device=self._device) * total
         u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # keep u < total
         starts = torch.searchsorted(cumsum, u, right=True)
         return starts.clamp_(max=self.size - 1)
 
     def _gather(self, starts: torch.Tensor, horizon: int) -> ReplayBatch:
         """Collect the windows starting at ``starts`` ``[B]``; slots wrap modulo ``C``."""
-        slots = (starts.unsqueeze(1) + torch.arange(horizon)) % self._capacity  # [B, H]
+        slots = (starts.unsqueeze(1) + torch.arange(horizon, device=starts.device)) % self._capacity  # [B, H]
         return ReplayBatch(
             obs=self._obs_t[slots],
             action=self._action_t[slots],
@@ -347,9 +386,9 @@ class LAPReplay:
         if indices.numel() == 0:
             return
         self._assign_new_priorities()
-        priority = td_error.detach().to("cpu", torch.float32)
+        priority = td_error.detach().to(self._device, torch.float32)
         priority = priority.clamp(min=self._min_priority).pow(self._alpha)
-        self._priority[indices.to("cpu", torch.int64)] = priority
+        self._priority[indices.to(self._device, torch.int64)] = priority
         self._max_priority = torch.maximum(self._max_priority, priority.max())
 
     def reward_scale(self, eps: float = 1e-8) -> float:
@@ -372,12 +411,13 @@ class LAPReplay:
         for key in _ARRAY_KEYS:
             state[key] = torch.from_numpy(getattr(self, f"_{key}")[:n].copy())
         state["valid"] = state["valid"].bool()
-        state["priority"] = self._priority[:n].clone()
-        state["max_priority"] = self._max_priority.clone()
+        state["priority"] = self._priority[:n].cpu().clone()
+        state["max_priority"] = self._max_priority.cpu().clone()
         state["num_added"] = self._num_added
         state["episode_length"] = self._episode_length
         state["env_terminates"] = self._env_terminates
         state["rng_state"] = self._generator.get_state()
+        state["rng_on_device"] = self._device.type != "cpu"  # a bool: the state stays weights_only
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -388,13 +428,17 @@ class LAPReplay:
         for key in _ARRAY_KEYS:
             target = getattr(self, f"_{key}")
             target[:n] = state[key].to(torch.float32).numpy()
-        self._priority[:n] = state["priority"].to(torch.float32)
-        self._max_priority = state["max_priority"].to(torch.float32).clone().reshape(())
+        self._priority[:n] = state["priority"].to(self._device, torch.float32)
+        self._max_priority = state["max_priority"].to(self._device, torch.float32).clone().reshape(())
         self._num_added = int(state["num_added"])
         self._num_prioritized = self._num_added
         self._episode_length = int(state["episode_length"])
         self._env_terminates = bool(state["env_terminates"])
-        self._generator.set_state(state["rng_state"])
+        self._synced = max(self._num_added - self._capacity, 0)  # mirror everything on next read
+        # a generator's state only fits a generator of the same device type; across devices
+        # (a CPU checkpoint resumed on a GPU) the draw sequence restarts from this buffer's seed
+        if bool(state.get("rng_on_device", False)) == (self._device.type != "cpu"):
+            self._generator.set_state(state["rng_state"])
 
     def _check_loadable(self, state: dict[str, Any]) -> None:
         """Raise ValueError if ``state`` is incomplete or was saved with another configuration."""

@@ -19,9 +19,9 @@ import torch
 from mrsq import specs
 from mrsq.envs import Env, make_env
 from mrsq.registry import AGENTS
-from mrsq.compile import compile_report
 from mrsq.replay import LAPReplay
 from mrsq.runtime import Runtime
+from mrsq.runtime import replay_device
 from mrsq.runtime import resolve as resolve_runtime
 from mrsq.training.checkpoint import save_checkpoint
 from mrsq.training.logging import CSVLog, MetricMeans
@@ -90,9 +90,12 @@ class Trainer:
         self.runtime = resolve_runtime(spec.precision, spec.compile, self.device)
         self.agent = build_agent(spec, self.env, self.device, self.runtime)
         r = spec.replay
-        self.replay = LAPReplay(self.env.obs_dim, self.env.action_dim, capacity=min(r.capacity, t.steps),
+        capacity = min(r.capacity, t.steps)
+        storage = LAPReplay.storage_bytes(self.env.obs_dim, self.env.action_dim, capacity)
+        self.replay = LAPReplay(self.env.obs_dim, self.env.action_dim, capacity=capacity,
                                 horizon=max(spec.encoder_horizon, spec.value_horizon), alpha=r.alpha,
-                                min_priority=r.min_priority, prioritized=r.prioritized, seed=t.seed)
+                                min_priority=r.min_priority, prioritized=r.prioritized, seed=t.seed,
+                                device=replay_device(self.device, storage))
         self.rng = np.random.default_rng(t.seed)
         self.spec_yaml = specs.to_yaml(spec)
 
@@ -101,8 +104,6 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "spec.yaml").write_text(self.spec_yaml)
         self._write_run_json()
-        if self.progress:
-            print(self.runtime.summary(), flush=True)
         eval_log = CSVLog(self.out / "eval.csv", EVAL_COLUMNS)
         train_log = CSVLog(self.out / "train.csv", TRAIN_COLUMNS)
         result = RunResult(self.out, 0)
@@ -162,10 +163,16 @@ class Trainer:
         result.evals.append((step, mean, std))
         self._checkpoint(step)
 
+    def compile_seconds(self) -> float:
+        """Seconds this run's agent spent compiling (first calls of its compiled functions)."""
+        return sum(c.compile_seconds for c in self.agent.compiled_functions())
+
     def _write_run_json(self) -> None:
         """``run.json``: what ``auto`` resolved to on this machine (spec.yaml keeps ``auto``), and
         the compile seconds once known."""
-        info = {"runtime": self.runtime.as_dict(), "compile_seconds": compile_report()}
+        info = {"runtime": self.runtime.as_dict(),
+                "compile_seconds": {c.name: c.compile_seconds for c in self.agent.compiled_functions()
+                                    if c.compile_seconds}}
         tmp = self.out / "run.json.tmp"
         tmp.write_text(json.dumps(info, indent=2) + "\n")
         tmp.replace(self.out / "run.json")
