@@ -193,3 +193,16 @@ def test_cuda_planning_and_updates_make_no_host_sync():
         agent.encoder_step(enc_batch)
     finally:
         torch.cuda.set_sync_debug_mode(0)
+
+
+def test_evaluation_keeps_the_training_planners_warm_start():
+    from mrsq.training.loop import evaluate
+
+    spec, env, agent = make("mrsq_small")
+    obs = env.reset()
+    agent.act(obs, first=True)
+    agent.act(obs)
+    warm = agent.planner.mean.clone()
+    assert warm.abs().sum() > 0
+    evaluate(agent, make_env(ENV, 1), episodes=1)  # plans from other states, resets the planner
+    assert torch.equal(agent.planner.mean, warm)

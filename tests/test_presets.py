@@ -36,8 +36,8 @@ def test_preset_runs_200_real_env_steps(name, tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert result.steps == 200 and not result.interrupted
-    assert [step for step, _, _ in result.evals] == [200]
-    assert math.isfinite(result.evals[0][1])
+    assert [step for step, _, _ in result.evals] == [0, 200]
+    assert all(math.isfinite(e[1]) for e in result.evals)
     rows = (tmp_path / "train.csv").read_text().splitlines()
     assert len(rows) == 3 and "critic/loss" in rows[0]  # header + steps 100, 200
     assert rows[2].split(",")[rows[0].split(",").index("critic/loss")] != ""  # it trained

@@ -176,7 +176,7 @@ def test_set_non_integer_steps():
 
 
 def test_set_values_are_parsed_as_yaml():
-    spec = specs.load("mrq", ["train.steps=1000", "optim.fused=false", "train.threads=null",
+    spec = specs.load("mrq", ["critic.num_members=5", "train.steps=1000", "optim.fused=false", "train.threads=null",
                               "train.env=dmc:cheetah-run", "optim.critic_lr=1e-3",
                               "aggregators.target={type: min_of_k, k: 3}"])
     assert spec.train.steps == 1000 and spec.optim.fused is False and spec.train.threads is None
@@ -185,7 +185,7 @@ def test_set_values_are_parsed_as_yaml():
 
 
 def test_set_field_of_shorthand_component():
-    spec = specs.load("mrq", ["aggregators.target=min_of_k", "aggregators.target.k=4"])
+    spec = specs.load("mrq", ["critic.num_members=5", "aggregators.target=min_of_k", "aggregators.target.k=4"])
     assert spec.aggregators.target == MinOfKSpec(k=4)
     msg = load_error("mrq", "aggregators.target.k=4")  # min has no k
     assert "aggregators.target.k: unknown field (allowed: type)" in msg
@@ -254,7 +254,7 @@ def test_yaml_extends_unknown_preset(tmp_path):
 
 
 def test_yaml_extends_changing_type_replaces_mapping(tmp_path):
-    base = write(tmp_path, "base.yaml", "extends: mrq\naggregators:\n  target: {type: min_of_k, k: 3}\n")
+    base = write(tmp_path, "base.yaml", "extends: mrq\ncritic: {num_members: 5}\naggregators:\n  target: {type: min_of_k, k: 3}\n")
     child = write(tmp_path, "child.yaml", f"extends: {base}\naggregators:\n  target: {{type: mean_minus_std}}\n")
     target = specs.load(str(child)).aggregators.target
     assert target.type == "mean_minus_std" and target.beta == 1.0  # k did not carry over
@@ -301,3 +301,9 @@ def test_from_yaml_errors():
         specs.from_yaml("- 1", where="ckpt")
     with pytest.raises(SpecError, match="ckpt: missing 'type'"):
         specs.from_yaml("discount: 0.9", where="ckpt")
+
+
+def test_min_of_k_larger_than_the_ensemble_is_rejected_at_validation():
+    with pytest.raises(SpecError, match=r"aggregators.planner.k \(6\) exceeds critic.num_members \(5\)"):
+        specs.load("mrsq", ["critic.num_members=5", "aggregators.planner=min_of_k", "aggregators.planner.k=6"])
+    assert specs.load("mrsq", ["critic.num_members=5", "aggregators.target={type: min_of_k, k: 5}"])

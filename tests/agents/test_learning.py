@@ -73,7 +73,7 @@ def test_mrq_learns_inverted_pendulum(tmp_path, precision):
           f"(random {rand:.1f}, untrained {untrained:.1f})")
 
     assert result.steps == STEPS and not result.interrupted
-    assert [e[0] for e in result.evals] == [STEPS]
+    assert [e[0] for e in result.evals] == [0, STEPS]
     assert trainer.replay.env_terminates  # the pendulum falls: termination handling was exercised
     assert trainer.agent.training_steps == STEPS - spec.warmup_steps
     # random play scores ~3 and the untrained policy about as much; balancing 50+ steps is learnt

@@ -477,3 +477,21 @@ def test_training_state_includes_optimizer_moments():
         assert opt_state and all("exp_avg" in s for s in opt_state.values()), k
     assert set(state["modules"]) == {"encoder", "encoder_target", "critic", "critic_target",
                                      "policy", "policy_target", "planner"}
+
+
+def test_encoder_loss_unrolls_exactly_encoder_horizon_steps():
+    """value_horizon > encoder_horizon: the replay's windows are 4 long, the encoder batch 2."""
+    agent = make_agent("encoder_horizon=2", "value_horizon=4")
+    replay = LAPReplay(OBS_DIM, ACTION_DIM, capacity=100, horizon=4, seed=0)
+    rng = np.random.default_rng(0)
+    for t in range(60):
+        replay.add(rng.standard_normal(OBS_DIM), rng.uniform(-1, 1, ACTION_DIM), 1.0,
+                   rng.standard_normal(OBS_DIM), False, t % 20 == 19)
+    seen = []
+    sample = replay.sample
+    replay.sample = lambda b, horizon=None: seen.append(horizon) or sample(b, horizon=horizon)
+    encoder_batches = []
+    agent.encoder_step = lambda batch: encoder_batches.append(batch.obs.shape[1]) or {}
+    agent.update(replay)  # first update: a burst of target_update_every encoder steps
+    assert encoder_batches and set(encoder_batches) == {2}
+    assert 4 in seen  # the critic's 4-step windows

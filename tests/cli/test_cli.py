@@ -250,7 +250,7 @@ def test_train_then_eval_subprocess(mrsq_subprocess, tmp_path):
 
     header, rows = read_csv(out_dir / "eval.csv")
     assert header[:4] == ["step", "return_mean", "return_std", "episodes"]
-    assert [int(r[0]) for r in rows] == [150, 300]
+    assert [int(r[0]) for r in rows] == [0, 150, 300]  # step 0: the untrained agent, as MR.Q
     for r in rows:
         assert 0.0 <= float(r[1]) <= 1000.0 and float(r[2]) == 0.0 and int(r[3]) == 1
 
@@ -316,4 +316,4 @@ def test_ctrl_c_stops_cleanly(tmp_path, mrsq_env):
     assert int(rows[-1][0]) <= payload["step"]
     header, rows = read_csv(out_dir / "eval.csv")
     assert header[:4] == ["step", "return_mean", "return_std", "episodes"]
-    assert [int(r[0]) for r in rows] == [200 * (i + 1) for i in range(len(rows))]
+    assert [int(r[0]) for r in rows] == [200 * i for i in range(len(rows))]

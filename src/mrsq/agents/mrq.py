@@ -35,7 +35,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from mrsq.agents.spec import AggregatorChoice, LossWeights, OptimSpec, ReplaySpec, TrainSpec, TwoHotSpec
@@ -79,6 +79,15 @@ class MRQSpec(Spec):
                             "(auto: when a compiler is present; failures fall back to eager)")
     train: TrainSpec = Field(default_factory=TrainSpec)
 
+    @model_validator(mode="after")
+    def _aggregators_fit_the_ensemble(self) -> "MRQSpec":
+        members = getattr(self.critic, "num_members", None)
+        for use in ("target", "policy", "planner"):
+            k = getattr(getattr(self.aggregators, use), "k", None)
+            if members is not None and k is not None and k > members:
+                raise ValueError(f"aggregators.{use}.k ({k}) exceeds critic.num_members ({members})")
+        return self
+
     @field_validator("compile", mode="before")
     @classmethod
     def _yaml_bool(cls, value):
@@ -92,6 +101,7 @@ class _Hyper:
 
     batch_size: int
     target_update_every: int
+    encoder_horizon: int
     value_horizon: int
     exploration_noise: float
     target_policy_noise: float
@@ -105,7 +115,7 @@ class _Hyper:
 
     @classmethod
     def from_spec(cls, s: MRQSpec, runtime: rt.Runtime) -> "_Hyper":
-        return cls(s.batch_size, s.target_update_every, s.value_horizon, s.exploration_noise,
+        return cls(s.batch_size, s.target_update_every, s.encoder_horizon, s.value_horizon, s.exploration_noise,
                    s.target_policy_noise, s.noise_clip, s.optim.critic_grad_clip, s.losses.dynamics,
                    s.losses.reward, s.losses.termination, s.losses.pre_activation, runtime.bf16)
 
@@ -281,7 +291,8 @@ class MRQ(nn.Module):
         if (self.training_steps - 1) % s.target_update_every == 0:
             self.update_targets(replay.reward_scale())
             for _ in range(s.target_update_every):
-                metrics.update(self.encoder_step(replay.sample(s.batch_size).to(device)))
+                # exactly encoder_horizon steps (the replay's windows are max(encoder, value) long)
+                metrics.update(self.encoder_step(replay.sample(s.batch_size, horizon=s.encoder_horizon).to(device)))
         batch = replay.sample(s.batch_size, horizon=s.value_horizon).to(device)
         zs, value_metrics, td_error = self.critic_step(batch)
         replay.update_priority(batch.indices, td_error)  # LAPReplay moves it to its (CPU) storage

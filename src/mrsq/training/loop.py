@@ -61,7 +61,19 @@ def build_agent(spec, env: Env, device: torch.device, runtime: Runtime | None = 
 
 
 def evaluate(agent, env: Env, episodes: int) -> tuple[float, float]:
-    """Mean and std of the return over ``episodes`` deterministic episodes."""
+    """Mean and std of the return over ``episodes`` deterministic episodes.
+
+    The planner's warm-start state is saved and restored around the evaluation: an evaluation
+    that falls mid-episode must not hand its last plan to the next training action."""
+    saved = [b.clone() for b in agent.planner.buffers()]
+    try:
+        return _evaluate_episodes(agent, env, episodes)
+    finally:
+        for buf, value in zip(agent.planner.buffers(), saved):
+            buf.copy_(value)
+
+
+def _evaluate_episodes(agent, env: Env, episodes: int) -> tuple[float, float]:
     returns = []
     for _ in range(episodes):
         obs, done, total, first = env.reset(), False, 0.0, True
@@ -115,6 +127,7 @@ class Trainer:
         obs, first, step = self.env.reset(), True, 0
         self.agent.planner.reset()
         try:
+            self._evaluate(0, eval_log, result, start)  # as MR.Q: every curve starts untrained
             for step in range(1, t.steps + 1):
                 if self.replay.size < s.warmup_steps:
                     action = self.rng.uniform(-1, 1, self.env.action_dim).astype(np.float32)
