@@ -148,7 +148,7 @@ def test_bf16_and_compiled_planning_match_fp32_eager_within_one_percent(tmp_path
     the fp32 model, agree within 1% (mean over several observations)."""
     spec, env, agent = _trained_agent(tmp_path, "fp32")
     state = agent.training_state()
-    obs = [env.reset(seed=s) for s in range(8)]
+    obs = [env.reset(seed=s) for s in range(24)]
 
     def plan_values(a) -> float:
         values = []

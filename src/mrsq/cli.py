@@ -70,6 +70,9 @@ def cmd_train(args) -> int:
     print(f"mrsq: training {Path(args.source).stem} on {spec.train.env} (seed {spec.train.seed}, "
           f"{spec.train.steps} steps) -> {out}", file=sys.stderr)
     print(f"mrsq: {trainer.runtime.summary()}", file=sys.stderr)
+    if trainer.runtime.compile:
+        print("mrsq: the first updates and actions compile (1-3 min on a CPU the first time on a machine, "
+              "cached afterwards; --set compile=off skips it)", file=sys.stderr)
     result = trainer.run()
     last = f"{result.evals[-1][1]:.1f} at step {result.evals[-1][0]}" if result.evals else "none"
     status = "interrupted" if result.interrupted else "done"

@@ -13,16 +13,17 @@ One training step (``update``), as in MR.Q's algorithm box:
 3. One policy update: maximise the policy aggregator (mean) of the critics at pi(zs), plus a
    small penalty on the pre-tanh activation.
 
-Deliberate deviations from MR.Q's public code (also listed in docs/design.md):
+Deliberate deviations from MR.Q's public code at its current head (8a44a7d; also in
+docs/design.md):
 
 * Multi-step rewards are masked by the cumulative not-done flag of the EARLIER steps. The public
-  code sums all three rewards unmasked, so a window that crosses a termination adds rewards
-  from whatever follows it in the buffer.
-* LAP priorities come from the critic's TD error on the sampled (replay) actions. The public code
-  reuses its variable ``Q`` for the policy-action values before computing priorities, so its
-  priorities are |Q(s, pi(s)) - target| instead; LAP's definition is the replay-action error.
+  code masks each reward by that step's own not-done flag, which drops the terminal reward
+  itself; here the terminal reward counts and nothing after it does.
 * The policy loss does not compute weight gradients for the critic and encoder (they are frozen
   for that backward pass); the public code computes and then discards them. Same update, less work.
+
+LAP priorities come from the critic's TD error on the sampled (replay) actions, as in the public
+code.
 """
 
 from __future__ import annotations
