@@ -104,10 +104,16 @@ def test_steady_state_never_recompiles(monkeypatch):
             agent.act(obs, explore=True, first=(i % 3 == 0))
             agent.act(obs, explore=False)
 
+    import warnings
+
+    from mrsq.compile import CompileFallbackWarning
+
     work(5)
-    assert agent.planner._score.active and agent.compiled_critic_loss.active
-    with torch._dynamo.config.patch(error_on_recompile=True):
+    with torch._dynamo.config.patch(error_on_recompile=True), warnings.catch_warnings():
+        warnings.simplefilter("error", CompileFallbackWarning)  # a recompile must not hide as a fall-back
         work(12)
+    for fn in agent.compiled_functions():
+        assert fn.active and fn.failed is None, fn.name
     assert agent.reward_scale != 1.0  # scales were refreshed during the guarded window
 
 
@@ -168,6 +174,7 @@ def test_bf16_and_compiled_planning_match_fp32_eager_within_one_percent(tmp_path
         other = build_agent(spec, env, torch.device("cpu"), Runtime(precision=precision, compile=compile))
         other.load_training_state(state)
         got = plan_values(other)
+        assert all(f.active for f in other.compiled_functions() if compile and f.name.startswith("planner"))
         print(f"{precision} compile={compile}: {got:.4f} vs fp32 eager {reference:.4f}")
         assert abs(got - reference) <= 0.01 * abs(reference), (precision, compile, got, reference)
 

@@ -82,8 +82,8 @@ def device_name(device: torch.device) -> str:
 
 def bf16_is_fast(device: torch.device) -> bool:
     """Whether bf16 matmuls beat fp32 on ``device`` (see the module docstring)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+    if device.type == "cuda":  # native bf16 tensor cores (Ampere+), not emulation (T4, V100)
+        return torch.cuda.get_device_capability(device)[0] >= 8
     return device.type == "cpu" and cpu_info().has_amx_bf16
 
 

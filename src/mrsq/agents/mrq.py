@@ -343,6 +343,7 @@ class MRQ(nn.Module):
                     raise
         norm = nn.utils.clip_grad_norm_(clip[0], clip[1], foreach=True) if clip else None
         optim.step()
+        self._acting_stale = True  # bf16 acting copies refresh before the next action
         return loss, out, norm
 
     def encoder_loss(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -154,7 +154,7 @@ class IterativeSamplingPlanner(Planner):
         around it is cheap). CUDA: compile the whole search with CUDA graphs, one graph replay
         per action (``reduce-overhead``), so no kernel is launched from Python per iteration."""
         if runtime.device.startswith("cuda"):
-            self._search = Compiled(self.search, runtime, f"{type(self).__name__} search")
+            self._search = Compiled(self.search, runtime, f"{type(self).__name__} search", cuda_graphs=True)
         else:
             self._score = Compiled(trajectory_value, runtime, "planner scoring")
             self._policy_rollout = Compiled(policy_rollout, runtime, "planner policy rollout")

@@ -279,7 +279,7 @@ class LAPReplay:
         c = self._capacity
         start = max(self._synced - self._horizon, self._num_added - c, 0)
         slots = np.arange(start, self._num_added) % c
-        index = torch.from_numpy(slots).to(self._device)
+        index = torch.arange(start, self._num_added, device=self._device) % c  # made on the device: no sync
         for key in _ARRAY_KEYS:
             rows = torch.from_numpy(getattr(self, f"_{key}")[slots]).to(self._device, non_blocking=True)
             getattr(self, f"_{key}_t").index_copy_(0, index, rows)
