@@ -112,11 +112,6 @@ def is_compile_error(exc: BaseException) -> bool:
                                    "compile_fx", "torch._dynamo"))
 
 
-def total_compile_seconds() -> float:
-    """Seconds spent in first (compiling) calls of every :class:`Compiled` so far."""
-    return sum(c.compile_seconds for c in _REGISTRY)
-
-
 def compile_report() -> dict[str, float]:
     """``{name: compile seconds}`` of the compiled functions that have run."""
     out: dict[str, float] = {}

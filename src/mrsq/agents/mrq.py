@@ -299,7 +299,6 @@ class MRQ(nn.Module):
         replay.update_priority(batch.indices, td_error)  # LAPReplay moves it to its (CPU) storage
         metrics.update(value_metrics)
         metrics.update(self.policy_step(zs))
-        self._acting_stale = True
         return metrics
 
     def update_targets(self, reward_scale: float) -> None:
