@@ -53,3 +53,25 @@ def test_elu_encoder_has_no_simplex_constraint():
 def test_group_size_must_divide_zs_dim():
     with pytest.raises(SpecError, match="divisible by group_size"):
         load("mrsq", ["encoder.group_size=7"])
+
+
+def test_layer_norm_affine_is_learnable_by_default_and_switchable():
+    spec, enc = small_sem()
+    assert spec.layer_norm_affine  # the references' choice
+    names = {n for n, _ in enc.named_parameters()}
+    assert {"zs_norm.weight", "zs_norm.bias", "dynamics_norm.weight", "dynamics_norm.bias"} <= names
+    # the affine is applied before the softmax: doubling the scale sharpens every simplex
+    obs = torch.randn(16, 5)
+    before = enc.zs(obs)
+    with torch.no_grad():
+        enc.zs_norm.weight.mul_(2.0)
+    sharper = enc.zs(obs)
+    assert sharper.amax(-1).mean() > before.amax(-1).mean()
+    # and it receives gradients
+    enc.zs(obs)[:, ::3].sum().backward()
+    assert enc.zs_norm.weight.grad.abs().sum() > 0 and enc.zs_norm.bias.grad.abs().sum() > 0
+
+    plain = load("mrsq", ["encoder.layer_norm_affine=false"]).encoder
+    assert not plain.layer_norm_affine
+    enc_plain = SemEncoder(plain, obs_dim=5, action_dim=2)
+    assert not any("norm" in n for n, _ in enc_plain.named_parameters())

@@ -231,3 +231,70 @@ def test_built_from_the_registry(name, fields):
     action = planner.plan(QuadraticModel(A_STAR), torch.zeros(1, 2), first=True, explore=False)
     assert action.shape == (2,) and (action.abs() <= 1).all() and torch.isfinite(action).all()
     planner.reset()
+
+
+# ------------------------------------------------------------------------------ policy-prior noise
+class _FeedbackModel:
+    """z' = z + a, policy pi(z) = -z/2, reward -||a||^2: closed-loop rollouts are checkable by hand."""
+
+    action_dim, discount, episodic = 2, 0.5, False
+
+    def encode(self, obs):
+        return obs.reshape(obs.shape[0], -1).float()
+
+    def step(self, z, a):
+        reward = -a.square().sum(-1, keepdim=True)
+        return reward, torch.zeros_like(reward), z + a
+
+    def policy(self, z):
+        return -z / 2
+
+    def value(self, z, a):
+        return torch.zeros(z.shape[0], 1)
+
+
+def test_noisy_policy_rollouts_are_closed_loop_and_scored():
+    from mrsq.planners.sampling import policy_rollout
+
+    model, z0 = _FeedbackModel(), torch.zeros(1, 2)
+    noise = torch.tensor([[[0.2, -0.4], [0.1, 0.0], [0.0, 0.3]],
+                          [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]])  # [P=2, H=3, A=2]
+    actions, values = policy_rollout(model, z0, 3, noise)
+    assert actions.shape == (2, 3, 2) and values.shape == (2, 1)
+    # by hand, row 0: a0 = n0 = (.2,-.4); z1 = a0; a1 = -z1/2 + n1 = (0, .2); z2 = (.2,-.2); a2 = (-.1, .4)
+    expected = torch.tensor([[0.2, -0.4], [0.0, 0.2], [-0.1, 0.4]])
+    torch.testing.assert_close(actions[0], expected)
+    r = -expected.square().sum(-1)
+    torch.testing.assert_close(values[0, 0], r[0] + 0.5 * r[1] + 0.25 * r[2])
+    torch.testing.assert_close(actions[1], torch.zeros(3, 2))  # zero noise: the policy's own plan (0)
+    # without noise: one rollout stands for all copies
+    a1, v1 = policy_rollout(model, z0, 3)
+    assert a1.shape == (1, 3, 2) and v1.shape == (1, 1)
+    # clamped to the action box
+    big, _ = policy_rollout(model, z0, 1, torch.full((1, 1, 2), 5.0))
+    torch.testing.assert_close(big, torch.ones(1, 1, 2))
+
+
+@pytest.mark.parametrize("std", [0.0, 0.1])
+def test_mppi_policy_trajectories_get_their_noise(monkeypatch, std):
+    model = QuadraticModel(A_STAR)  # policy acts 0
+    spec = MPPISpec(iterations=1, num_samples=64, num_elites=8, num_policy_trajectories=24, policy_noise_std=std)
+    planner = MPPIPlanner(spec, 2)
+    seen = []
+    original = planner._policy_rollout
+    monkeypatch.setattr(planner, "_policy_rollout", lambda *a: seen.append(original(*a)) or seen[-1])
+    planner.plan(model, OBS, first=True)
+    actions = seen[0][0]
+    if std == 0:
+        assert actions.shape == (1, 3, 2) and torch.equal(actions, torch.zeros(1, 3, 2))
+    else:
+        assert actions.shape == (24, 3, 2)
+        assert len({tuple(a.flatten().tolist()) for a in actions}) == 24  # 24 different plans
+        assert 0.07 < actions.std().item() < 0.13  # policy (0) + N(0, 0.1)
+
+
+def test_presets_use_the_references_policy_noise():
+    from mrsq.specs import load
+
+    for name in ("mrsq", "mrsq_small", "mrsq_cem", "mrq_mpc"):
+        assert load(name).planner.policy_noise_std == 0.1, name

@@ -1,7 +1,8 @@
 """MPPI as in TD-MPC2 (the planner MRS.Q inherits).
 
-Per action: encode once; roll the policy out once (its ``num_policy_trajectories`` copies are
-fixed across iterations); then ``iterations`` rounds of: sample the other sequences from
+Per action: encode once; roll the policy out (``num_policy_trajectories`` closed-loop rollouts
+with Gaussian noise of std ``policy_noise_std`` on its actions, or one plan standing for all of
+them when that is 0; they are fixed across iterations); then ``iterations`` rounds of: sample the other sequences from
 ``N(mean, std)`` clamped to [-1, 1], score all of them with
 :func:`~mrsq.planners.sampling.trajectory_value`, keep the ``num_elites`` best, weight them by
 ``softmax(temperature * (V - max V))`` and refit mean and std to the weighted elites (std

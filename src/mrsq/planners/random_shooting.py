@@ -1,7 +1,7 @@
 """Random shooting: score uniform random sequences once, act with the best one's first action.
 
 ``num_samples`` sequences in total: ``num_policy_trajectories`` copies of the policy's own plan
-(default none) and uniform draws in [-1, 1]^(H x A), all scored with
+(default none; noisy closed-loop rollouts when ``policy_noise_std > 0``) and uniform draws in [-1, 1]^(H x A), all scored with
 :func:`~mrsq.planners.sampling.trajectory_value`. No warm start and no state; training and
 evaluation act the same way.
 """
@@ -21,7 +21,7 @@ from mrsq.registry import PLANNERS
 class RandomShootingSpec(SampleCountSpec):
     type: Literal["random_shooting"] = "random_shooting"
     num_samples: int = Field(1024, ge=1, description="sequences scored, policy ones included")
-    num_policy_trajectories: int = Field(0, ge=0, description="of num_samples, copies of the policy's own plan")
+    num_policy_trajectories: int = Field(0, ge=0, description="of num_samples, rollouts of the policy")
 
 
 @PLANNERS.register("random_shooting", spec=RandomShootingSpec,
@@ -42,7 +42,11 @@ class RandomShootingPlanner(Planner):
         z0 = model.encode(obs.reshape(1, -1))  # [1, Z]
         actions = self.sample(s.num_samples - s.num_policy_trajectories, z0.device)
         values = trajectory_value(model, z0, actions)  # [N - P, 1]
-        if s.num_policy_trajectories > 0:  # identical copies: one is enough to compete
-            pi_actions, pi_value = policy_rollout(model, z0, s.horizon)
+        if s.num_policy_trajectories > 0:  # without noise identical copies: one is enough to compete
+            noise = None
+            if s.policy_noise_std > 0:
+                noise = s.policy_noise_std * torch.randn(s.num_policy_trajectories, s.horizon, self.action_dim,
+                                                         device=z0.device)
+            pi_actions, pi_value = policy_rollout(model, z0, s.horizon, noise)
             actions, values = torch.cat([pi_actions, actions]), torch.cat([pi_value, values])
         return actions.index_select(0, values[:, 0].argmax().reshape(1))[0, 0]

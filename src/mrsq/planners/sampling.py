@@ -24,18 +24,25 @@ from mrsq.specs import Spec
 
 
 # ------------------------------------------------------------------------------------ values
-def _rollout(model: PlanningModel, z0: torch.Tensor, horizon: int,
-             actions: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _rollout(model: PlanningModel, z0: torch.Tensor, horizon: int, actions: torch.Tensor | None,
+             noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Unroll ``horizon`` steps from ``z0 [N, Z]`` and score the trajectory.
 
-    ``actions [N, H, A]`` gives the actions; ``None`` takes ``a_t = model.policy(z_t)``.
+    ``actions [N, H, A]`` gives the actions; ``None`` takes ``a_t = model.policy(z_t)``, plus
+    ``noise[:, t]`` clamped to [-1, 1] when ``noise [N, H, A]`` is given (closed loop: the noisy
+    action moves the latent, and the next policy action reacts to it).
     Returns ``(actions [N, H, A], V [N, 1])`` (the actions taken, and their value as above).
     """
     z, ret = z0, z0.new_zeros(z0.shape[0], 1)
     alive, discount = 1.0, 1.0
     taken = []
     for t in range(horizon):
-        a = model.policy(z) if actions is None else actions[:, t]
+        if actions is not None:
+            a = actions[:, t]
+        elif noise is not None:
+            a = (model.policy(z) + noise[:, t]).clamp(-1, 1)
+        else:
+            a = model.policy(z)
         reward, term, z = model.step(z, a)
         ret = ret + discount * alive * reward
         if model.episodic:
@@ -58,13 +65,18 @@ def trajectory_value(model: PlanningModel, z0: torch.Tensor, actions: torch.Tens
     return _rollout(model, z0.expand(n, -1), actions.shape[1], actions)[1]
 
 
-def policy_rollout(model: PlanningModel, z0: torch.Tensor, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The policy's own ``horizon``-step plan from ``z0 [1, Z]``, scored like any sequence.
+def policy_rollout(model: PlanningModel, z0: torch.Tensor, horizon: int,
+                   noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The policy's own ``horizon``-step plans from ``z0 [1, Z]``, scored like any sequence.
 
-    Returns ``(actions [1, H, A], V [1, 1])``. The policy is deterministic, so one rollout
-    stands for all of a planner's policy trajectories.
+    Without ``noise`` returns ``(actions [1, H, A], V [1, 1])``: the policy is deterministic, so
+    one rollout stands for all of a planner's policy trajectories. With ``noise [P, H, A]``
+    returns ``P`` closed-loop rollouts ``a_t = clamp(pi(z_t) + noise_t)`` -> ``([P, H, A], [P, 1])``.
+    The terminal value always uses the noiseless ``pi(z_H)``, like every other sequence.
     """
-    return _rollout(model, z0, horizon, None)
+    if noise is not None:
+        z0 = z0.expand(noise.shape[0], -1)
+    return _rollout(model, z0, horizon, None, noise)
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -96,7 +108,10 @@ class SampleCountSpec(Spec):
 
     horizon: int = Field(3, ge=1, description="planning horizon H (model steps per sequence)")
     num_samples: int = Field(512, ge=1, description="sequences scored per iteration, policy ones included")
-    num_policy_trajectories: int = Field(24, ge=0, description="of num_samples, copies of the policy's own plan")
+    num_policy_trajectories: int = Field(24, ge=0, description="of num_samples, rollouts of the policy")
+    policy_noise_std: float = Field(
+        0.0, ge=0, description="std of Gaussian noise added to the policy's actions in its rollouts "
+                               "(0: all policy rollouts are one identical plan)")
 
     @model_validator(mode="after")
     def _check_counts(self):
@@ -146,6 +161,7 @@ class IterativeSamplingPlanner(Planner):
         self.horizon, self.num_samples = spec.horizon, spec.num_samples
         self.num_policy, self.num_elites = spec.num_policy_trajectories, spec.num_elites
         self.min_std, self.max_std = spec.min_std, spec.max_std
+        self.policy_noise_std = spec.policy_noise_std
         self.register_buffer("mean", torch.zeros(spec.horizon, action_dim), persistent=False)
         self._score, self._policy_rollout, self._search = trajectory_value, policy_rollout, self.search
 
@@ -202,7 +218,10 @@ class IterativeSamplingPlanner(Planner):
         actions = mean.new_empty(n, h, self.action_dim)  # rows [:p]: the policy's plan
         values = mean.new_empty(n, 1)
         if p > 0:
-            pi_actions, pi_value = self._policy_rollout(model, z0, h)
+            noise = None
+            if self.policy_noise_std > 0:
+                noise = self.policy_noise_std * torch.randn(p, h, self.action_dim, device=mean.device, dtype=mean.dtype)
+            pi_actions, pi_value = self._policy_rollout(model, z0, h, noise)
             actions[:p] = pi_actions
             values[:p] = pi_value
         for _ in range(self.iterations):
