@@ -131,8 +131,14 @@ def cmd_eval(args) -> int:
         agent.load_training_state(payload["agent"])
     except (KeyError, RuntimeError, TypeError, ValueError) as exc:  # a forged or foreign agent state
         raise UsageError(f"{args.checkpoint}: weights do not match its spec ({str(exc).splitlines()[0][:200]})") from None
-    mean, std = evaluate(agent, env, args.episodes)
-    print(f"{env_id}: return {mean:.1f} +- {std:.1f} over {args.episodes} episodes (checkpoint step {payload['step']})")
+    ev = evaluate(agent, env, args.episodes)
+    print(f"{env_id}: return {ev.return_mean:.1f} +- {ev.return_std:.1f} over {args.episodes} episodes "
+          f"(checkpoint step {payload['step']})")
+    d = ev.diagnostics
+    if d.get("value_states"):
+        print(f"  value error {d['value_error_pct']:+.1f}% (|Q-G| {d['value_error_abs']:.2f}, "
+              f"Q > G on {100 * d['overestimation_frac']:.0f}% of {d['value_states']} states), "
+              f"search divergence {d['search_divergence']:.4f}")
     return 0
 
 

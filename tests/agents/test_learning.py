@@ -58,7 +58,7 @@ def test_mrq_learns_inverted_pendulum(tmp_path, precision):
         # a freshly initialised (untrained) agent, deterministic evaluation
         torch.manual_seed(123)
         untrained_env = make_env(ENV, 1)
-        untrained = evaluate(build_agent(spec, untrained_env, torch.device("cpu")), untrained_env, 3)[0]
+        untrained = evaluate(build_agent(spec, untrained_env, torch.device("cpu")), untrained_env, 3).return_mean
         untrained_env.close()
         start = time.perf_counter()
         trainer = Trainer(spec, tmp_path / "run", progress=False)  # seeds everything from train.seed

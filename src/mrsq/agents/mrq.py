@@ -219,6 +219,8 @@ class MRQ(nn.Module):
         self.env_terminates = False
         self._acting: _Nets | None = None  # bf16 copies for acting (built on first use)
         self._acting_stale = True
+        # divergence accumulators per mode (explore=True: training, False: evaluation): [sum, count]
+        self._divergence = {mode: [torch.zeros(()), 0] for mode in (True, False)}
         self.planning_model = _PlanningView(self, _Nets(self.encoder, self.critic, self.policy))
         self._compile()
 
@@ -264,7 +266,10 @@ class MRQ(nn.Module):
     def _apply(self, fn, *args, **kwargs):
         # .to(device) / .float() etc.: rebuild the bf16 acting copies from the moved masters
         self._acting = None
-        return super()._apply(fn, *args, **kwargs)
+        out = super()._apply(fn, *args, **kwargs)
+        for acc in self._divergence.values():
+            acc[0] = fn(acc[0])
+        return out
 
     # ------------------------------------------------------------------------------ acting
     @torch.no_grad()
@@ -272,10 +277,39 @@ class MRQ(nn.Module):
         """One observation -> one action in [-1, 1] (exploration noise only when ``explore``)."""
         device = self.gammas.device
         obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
-        action = self.planner.plan(self.acting_view(), obs_t, first=first, explore=explore).float()
+        view = self.acting_view()
+        action = self.planner.plan(view, obs_t, first=first, explore=explore).float()
+        # Policy-vs-search divergence (the paper's Figure 4): the planner's action against pi(s)
+        # from the same acting networks, before exploration noise. Generic on purpose: for the
+        # `policy` planner it is the same forward twice, so exactly 0. Accumulated on the device.
+        pi = view.policy(view.encode(obs_t.reshape(1, -1)))[0].float()
+        acc = self._divergence[explore]
+        acc[0] += (action - pi).square().mean()
+        acc[1] += 1
         if explore and self.hp.exploration_noise > 0:
             action = action + torch.randn_like(action) * self.hp.exploration_noise
         return action.clamp(-1, 1).cpu().numpy()
+
+    def pop_divergence(self, explore: bool) -> float:
+        """Mean over the actions taken since the last call (training acts if ``explore``, else
+        evaluation acts) of ``mean_a (a_search - pi(s))^2``; NaN if there were none. Host sync."""
+        acc = self._divergence[explore]
+        value = float((acc[0] / acc[1]).item()) if acc[1] > 0 else float("nan")
+        acc[0].zero_()
+        acc[1] = 0
+        return value
+
+    @torch.no_grad()
+    def value_estimate(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The agent's value of ``(obs [T, obs], action [T, A])`` in return units (the value-error
+        diagnostic, the paper's Figure 3): the TD target's aggregator over the online critic
+        ensemble, times the reward scale (the critics learn Q / reward_scale). Online fp32
+        networks. Returns ``(Q [T], per-member std [T])``, both in return units."""
+        device = self.gammas.device
+        obs, action = obs.to(device, torch.float32), action.to(device, torch.float32)
+        q = self.critic(self.encoder.zsa(self.encoder.zs(obs), action)).float()  # [N, T, 1]
+        scale = self.scales[0]
+        return (self.target_aggregate(q) * scale)[:, 0], (q.std(0) * scale)[:, 0]
 
     def autocast(self):
         """bf16 autocast when the spec asks for it (a no-op context otherwise)."""

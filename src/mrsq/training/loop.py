@@ -24,13 +24,14 @@ from mrsq.runtime import Runtime
 from mrsq.runtime import replay_device
 from mrsq.runtime import resolve as resolve_runtime
 from mrsq.training.checkpoint import save_checkpoint
+from mrsq.training.diagnostics import VALUE_COLUMNS, ValueErrorRecorder
 from mrsq.training.logging import CSVLog, MetricMeans
 
-EVAL_COLUMNS = ("step", "return_mean", "return_std", "episodes", "wall_time")
+EVAL_COLUMNS = ("step", "return_mean", "return_std", "episodes", "wall_time", *VALUE_COLUMNS, "search_divergence")
 TRAIN_COLUMNS = ("step", "wall_time", "steps_per_s", "episodes", "episode_return",
                  "encoder/loss", "encoder/dynamics", "encoder/reward", "encoder/termination",
                  "critic/loss", "critic/q_mean", "critic/grad_norm", "policy/loss",
-                 "policy/pre_activation", "reward_scale")
+                 "policy/pre_activation", "reward_scale", "search/divergence")
 
 
 @dataclass
@@ -60,8 +61,17 @@ def build_agent(spec, env: Env, device: torch.device, runtime: Runtime | None = 
     return agent.to(device)
 
 
-def evaluate(agent, env: Env, episodes: int) -> tuple[float, float]:
-    """Mean and std of the return over ``episodes`` deterministic episodes.
+@dataclass
+class Evaluation:
+    """One evaluation: return statistics and the diagnostics (:mod:`mrsq.training.diagnostics`)."""
+
+    return_mean: float
+    return_std: float
+    diagnostics: dict[str, float] = field(default_factory=dict)
+
+
+def evaluate(agent, env: Env, episodes: int) -> Evaluation:
+    """``episodes`` deterministic episodes: return mean and std, value error and divergence.
 
     The planner's warm-start state is saved and restored around the evaluation: an evaluation
     that falls mid-episode must not hand its last plan to the next training action."""
@@ -73,18 +83,30 @@ def evaluate(agent, env: Env, episodes: int) -> tuple[float, float]:
             buf.copy_(value)
 
 
-def _evaluate_episodes(agent, env: Env, episodes: int) -> tuple[float, float]:
+def _evaluate_episodes(agent, env: Env, episodes: int) -> Evaluation:
     returns = []
+    gamma = getattr(getattr(agent, "spec", None), "discount", 0.99)
+    recorder = ValueErrorRecorder(agent, gamma)
+    if hasattr(agent, "pop_divergence"):
+        agent.pop_divergence(explore=False)  # start clean
     for _ in range(episodes):
         obs, done, total, first = env.reset(), False, 0.0, True
         agent.planner.reset()
+        terminated = False
         while not done:
-            obs, reward, terminated, truncated = env.step(agent.act(obs, explore=False, first=first))
+            action = agent.act(obs, explore=False, first=first)
+            next_obs, reward, terminated, truncated = env.step(action)
+            recorder.step(obs, action, reward)
+            obs = next_obs
             total += reward
             first = False
             done = terminated or truncated
+        recorder.end_episode(bool(terminated))
         returns.append(total)
-    return float(np.mean(returns)), float(np.std(returns))
+    diagnostics = recorder.stats()
+    if hasattr(agent, "pop_divergence"):
+        diagnostics["search_divergence"] = agent.pop_divergence(explore=False)
+    return Evaluation(float(np.mean(returns)), float(np.std(returns)), diagnostics)
 
 
 class Trainer:
@@ -146,7 +168,8 @@ class Trainer:
                     now = time.perf_counter()
                     row = {"step": step, "wall_time": now - start, "episodes": episodes,
                            "steps_per_s": (step - last_log_step) / (now - last_log_time),
-                           "episode_return": last_return, "reward_scale": float(self.agent.reward_scale)}
+                           "episode_return": last_return, "reward_scale": float(self.agent.reward_scale),
+                           "search/divergence": self.agent.pop_divergence(explore=True)}
                     row.update(means.pop())
                     train_log.write(row)
                     last_log_step, last_log_time = step, now
@@ -170,10 +193,11 @@ class Trainer:
 
     def _evaluate(self, step: int, log: CSVLog, result: RunResult, start: float) -> None:
         self._write_run_json()  # compile times are known after the first updates
-        mean, std = evaluate(self.agent, self.eval_env, self.spec.train.eval_episodes)
-        log.write({"step": step, "return_mean": mean, "return_std": std,
-                   "episodes": self.spec.train.eval_episodes, "wall_time": time.perf_counter() - start})
-        result.evals.append((step, mean, std))
+        ev = evaluate(self.agent, self.eval_env, self.spec.train.eval_episodes)
+        log.write({"step": step, "return_mean": ev.return_mean, "return_std": ev.return_std,
+                   "episodes": self.spec.train.eval_episodes, "wall_time": time.perf_counter() - start,
+                   **ev.diagnostics})
+        result.evals.append((step, ev.return_mean, ev.return_std))
         self._checkpoint(step)
 
     def compile_seconds(self) -> float:
