@@ -156,6 +156,12 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_diagnose(args) -> int:
+    from mrsq import diagnose
+
+    return diagnose.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mrsq", description="Search-based model-based RL from composable parts.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -188,6 +194,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", default="")
     p.add_argument("--label", action="append", help="legend label per run (default: folder name)")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("diagnose", help="the paper's analyses; `nchain`: random-shooting search on the N-chain")
+    p.add_argument("analysis", choices=["nchain"])
+    p.add_argument("--actions", type=int, default=4, help="A: choices per step")
+    p.add_argument("--horizon", type=int, default=3, help="n: chain length (= search horizon)")
+    p.add_argument("--samples", type=int, default=16, help="m: sequences sampled per search")
+    p.add_argument("--trials", type=int, default=1000, help="independent searches")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="one JSON object: empirical, analytic, ci_low, ci_high, trials")
+    p.add_argument("--plot", metavar="FILE.png", help="also plot success vs horizon for A in {2, 4, 10} (same m, trials)")
+    p.set_defaults(func=cmd_diagnose)
 
     p = sub.add_parser("bench", help="benchmarks that print figures (ms, GFLOP, GFLOP/s, ceiling)")
     p.add_argument("what", choices=["train", "plan", "loop", "critics", "scaling", "all"],
