@@ -24,10 +24,11 @@ class UsageError(ValueError):
 def _user_errors() -> tuple[type[BaseException], ...]:
     from mrsq.envs import EnvError
     from mrsq.registry import RegistryError
+    from mrsq.runs import RunFolderError
     from mrsq.specs import SpecError
     from mrsq.training.checkpoint import CheckpointError
 
-    return (UsageError, SpecError, RegistryError, EnvError, CheckpointError)
+    return (UsageError, SpecError, RegistryError, EnvError, CheckpointError, RunFolderError)
 
 
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
@@ -66,7 +67,7 @@ def cmd_train(args) -> int:
     out = Path(args.out) if args.out else _default_out(args.source, spec)
     if (out / "checkpoint.pt").exists() or (out / "eval.csv").exists():
         raise UsageError(f"--out {out}: already holds a run; choose another folder (nothing was overwritten)")
-    trainer = Trainer(spec, out, progress=not args.no_progress)
+    trainer = Trainer(spec, out, progress=not args.no_progress, preset=Path(args.source).stem)
     print(f"mrsq: training {Path(args.source).stem} on {spec.train.env} (seed {spec.train.seed}, "
           f"{spec.train.steps} steps) -> {out}", file=sys.stderr)
     print(f"mrsq: {trainer.runtime.summary()}", file=sys.stderr)
@@ -156,6 +157,13 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from mrsq.compare import compare_tables
+
+    print(compare_tables([Path(r) for r in args.runs], labels=args.label, reps=args.reps))
+    return 0
+
+
 def cmd_diagnose(args) -> int:
     from mrsq import diagnose
 
@@ -188,12 +196,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="eval env seed (default: train seed + 100)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("plot", help="plot eval.csv of one or more run folders into a PNG")
-    p.add_argument("runs", nargs="+", help="run folders (each with eval.csv)")
+    p = sub.add_parser("plot", help="learning curves (+ value error, divergence) of run folders, grouped "
+                                    "by preset and env, mean and +-std band over seeds, into a PNG")
+    p.add_argument("runs", nargs="+", help="run folders (each with eval.csv and spec.yaml)")
     p.add_argument("--out", required=True, help="PNG path")
     p.add_argument("--title", default="")
-    p.add_argument("--label", action="append", help="legend label per run (default: folder name)")
+    p.add_argument("--label", action="append", help="preset label per run (default: the run's preset)")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("compare", help="markdown table per env: final return, IQM, AUC, value error over seeds")
+    p.add_argument("runs", nargs="+", help="run folders (each with eval.csv and spec.yaml)")
+    p.add_argument("--label", action="append", help="preset label per run (default: the run's preset)")
+    p.add_argument("--reps", type=int, default=2000, help="bootstrap resamples for the IQM interval")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("diagnose", help="the paper's analyses; `nchain`: random-shooting search on the N-chain")
     p.add_argument("analysis", choices=["nchain"])

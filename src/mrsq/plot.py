@@ -1,47 +1,59 @@
-"""Learning curves from run folders (``eval.csv``) as a PNG."""
+"""``mrsq plot``: learning curves from run folders, grouped by (preset, env), mean and a band
+(+- one std) across seeds; value-error and divergence panels when the runs logged them."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-from mrsq.cli import UsageError
+import numpy as np
+
+from mrsq.runs import Run, common_steps, group, load_runs
+
+PANELS = (("return_mean", "evaluation return"),
+          ("value_error_pct", "value error (Q - G) / |G|, %"),
+          ("search_divergence", "policy-vs-search divergence"))
 
 
-def read_eval(run: Path) -> tuple[list[int], list[float], list[float]]:
-    path = run / "eval.csv"
-    if not path.is_file():
-        raise UsageError(f"{run}: no eval.csv (is it a run folder?)")
-    steps, means, stds = [], [], []
-    with path.open() as f:
-        for row in csv.DictReader(f):
-            steps.append(int(row["step"]))
-            means.append(float(row["return_mean"]))
-            stds.append(float(row["return_std"] or 0))
-    return steps, means, stds
-
-
-def plot_runs(runs: list[Path], out: Path, title: str = "", labels: list[str] | None = None) -> Path:
+def plot_runs(paths: list[Path], out: Path, title: str = "", labels: list[str] | None = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if labels and len(labels) != len(runs):
-        raise UsageError(f"--label given {len(labels)} times for {len(runs)} runs")
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    for i, run in enumerate(runs):
-        steps, means, stds = read_eval(run)
-        label = labels[i] if labels else run.name
-        ax.plot(steps, means, marker="o", ms=3, label=label)
-        ax.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], alpha=0.2)
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("evaluation return (mean +- std over episodes)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    runs = load_runs(paths, labels)
+    groups = group(runs)
+    panels = [(c, name) for c, name in PANELS if any(r.has(c) for r in runs)]
+    fig, axes = plt.subplots(len(groups), len(panels), figsize=(4.6 * len(panels), 3.4 * len(groups)),
+                             dpi=110, squeeze=False)
+    for row, (env, by_label) in enumerate(groups.items()):
+        for col, (column, name) in enumerate(panels):
+            ax = axes[row, col]
+            for i, (label, members) in enumerate(by_label.items()):
+                _curve(ax, members, column, label, f"C{i}")
+            if column == "value_error_pct":
+                ax.axhline(0, color="k", lw=0.8)
+            ax.set_title(f"{env}: {name}", fontsize=9)
+            ax.set_xlabel("environment steps")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def _curve(ax, members: list[Run], column: str, label: str, color: str) -> None:
+    members = [m for m in members if m.has(column)]
+    if not members:
+        return
+    steps = common_steps(members)
+    values = np.stack([m.at(column, steps) for m in members])  # [seeds, steps]
+    with np.errstate(all="ignore"):
+        mean, std = np.nanmean(values, 0), np.nanstd(values, 0)
+    ax.plot(steps, mean, color=color, marker="o", ms=2.5, label=f"{label} ({len(members)} seed{'s' * (len(members) > 1)})")
+    if len(members) > 1:
+        ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2)

@@ -238,6 +238,7 @@ def test_train_then_eval_subprocess(mrsq_subprocess, tmp_path):
     assert run["runtime"]["requested"] == {"precision": "auto", "compile": "auto"}
     assert run["runtime"]["precision"] == "fp32" and run["runtime"]["compile"] is False
     assert run["runtime"]["device"] == "cpu" and run["runtime"]["device_name"] and run["runtime"]["torch"]
+    assert run["preset"] == "mrq_small"  # the label `mrsq plot` and `mrsq compare` use
     assert "mrsq: runtime: cpu" in proc.stderr and "precision fp32" in proc.stderr
 
     spec = specs.from_yaml((out_dir / "spec.yaml").read_text())
@@ -253,6 +254,11 @@ def test_train_then_eval_subprocess(mrsq_subprocess, tmp_path):
     assert [int(r[0]) for r in rows] == [0, 150, 300]  # step 0: the untrained agent, as MR.Q
     for r in rows:
         assert 0.0 <= float(r[1]) <= 1000.0 and float(r[2]) == 0.0 and int(r[3]) == 1
+        row = dict(zip(header, r))
+        # 500 agent steps per episode, truncated: the states at least 459 steps before the cut count
+        assert int(row["value_states"]) == 500 - 459 + 1
+        assert float(row["value_error_abs"]) >= 0 and 0 <= float(row["overestimation_frac"]) <= 1
+        assert float(row["search_divergence"]) == 0.0  # mrq_small acts with its policy
 
     header, rows = read_csv(out_dir / "train.csv")
     assert {"step", "steps_per_s", "critic/loss", "encoder/loss", "policy/loss"} <= set(header)
@@ -260,6 +266,7 @@ def test_train_then_eval_subprocess(mrsq_subprocess, tmp_path):
     last = dict(zip(header, rows[-1]))
     assert float(last["steps_per_s"]) > 0
     assert float(last["critic/loss"]) >= 0  # training ran between steps 200 and 300
+    assert float(last["search/divergence"]) == 0.0
 
     payload = torch.load(out_dir / "checkpoint.pt", weights_only=True)
     assert payload["format_version"] == 1
@@ -272,6 +279,7 @@ def test_train_then_eval_subprocess(mrsq_subprocess, tmp_path):
     assert "Traceback" not in proc.stderr
     line = proc.stdout.strip()
     assert line.startswith("dmc:cartpole-swingup: return ") and "over 1 episodes (checkpoint step 300)" in line
+    assert "value error" in line and "of 42 states" in line
     assert 0.0 <= float(line.split("return ")[1].split()[0]) <= 1000.0
 
 

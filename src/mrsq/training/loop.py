@@ -112,8 +112,9 @@ def _evaluate_episodes(agent, env: Env, episodes: int) -> Evaluation:
 class Trainer:
     """Runs one spec to completion, writing the run folder as it goes."""
 
-    def __init__(self, spec, out: Path, progress: bool = True) -> None:
+    def __init__(self, spec, out: Path, progress: bool = True, preset: str | None = None) -> None:
         self.spec, self.out, self.progress = spec, Path(out), progress
+        self.preset = preset  # the preset or YAML file's name, recorded in run.json for plot/compare labels
         t = spec.train
         if t.threads:
             torch.set_num_threads(t.threads)
@@ -207,7 +208,7 @@ class Trainer:
     def _write_run_json(self) -> None:
         """``run.json``: what ``auto`` resolved to on this machine (spec.yaml keeps ``auto``), and
         the compile seconds once known."""
-        info = {"runtime": self.runtime.as_dict(),
+        info = {"preset": self.preset, "runtime": self.runtime.as_dict(),
                 "compile_seconds": {c.name: c.compile_seconds for c in self.agent.compiled_functions()
                                     if c.compile_seconds}}
         tmp = self.out / "run.json.tmp"

@@ -1,0 +1,65 @@
+"""``mrsq compare``: one markdown table per environment, a row per preset, over seeds.
+
+Columns: final return and area under the curve (mean +- std over seeds), the interquartile mean
+of the final return with a 95% stratified-bootstrap interval (``rliable``), and the final value
+error. "Final" is the last evaluation step that every run of that environment reached, so presets
+are compared at the same step even when runs stopped at different points; the area under the
+curve is the mean evaluation return over the steps up to there (trapezoid rule, divided by the
+span), so it reads in return units.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mrsq.runs import Run, common_steps, group, load_runs
+
+
+def _mean_std(values: np.ndarray) -> str:
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return "-"
+    return f"{values.mean():.1f} +- {values.std():.1f}" if values.size > 1 else f"{values[0]:.1f}"
+
+
+def _iqm_ci(finals: np.ndarray, reps: int) -> str:
+    """IQM with rliable's stratified bootstrap (one task, runs as the sample)."""
+    from rliable import library as rly
+    from rliable import metrics
+
+    scores = {"x": finals.reshape(-1, 1)}  # [runs, tasks]
+    point, ci = rly.get_interval_estimates(scores, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps)
+    return f"{point['x'][0]:.1f} [{ci['x'][0, 0]:.1f}, {ci['x'][1, 0]:.1f}]"
+
+
+def auc(steps: np.ndarray, returns: np.ndarray) -> float:
+    """Mean return over ``steps`` by the trapezoid rule (area / span); the value itself for one step."""
+    if len(steps) < 2:
+        return float(returns[0])
+    return float(np.trapezoid(returns, steps) / (steps[-1] - steps[0]))
+
+
+def compare_tables(paths: list[Path], labels: list[str] | None = None, reps: int = 2000) -> str:
+    runs = load_runs(paths, labels)
+    out = []
+    for env, by_label in group(runs).items():
+        everyone: list[Run] = [r for members in by_label.values() for r in members]
+        steps = common_steps(everyone)
+        if steps.size == 0:
+            out.append(f"## {env}\n\nno evaluation step is common to all runs\n")
+            continue
+        final = int(steps[-1])
+        out.append(f"## {env} (at step {final}, the last one every run reached)\n")
+        out.append("| preset | seeds | final return | IQM final [95% CI] | AUC (mean return) | final value error % |")
+        out.append("|---|---|---|---|---|---|")
+        for label, members in by_label.items():
+            finals = np.array([m.at("return_mean", steps[-1:])[0] for m in members])
+            aucs = np.array([auc(steps, m.at("return_mean", steps)) for m in members])
+            verr = np.array([m.at("value_error_pct", steps[-1:])[0] if m.has("value_error_pct") else np.nan
+                             for m in members])
+            out.append(f"| {label} | {len(members)} | {_mean_std(finals)} | {_iqm_ci(finals, reps)} | "
+                       f"{_mean_std(aucs)} | {_mean_std(verr)} |")
+        out.append("")
+    return "\n".join(out)
