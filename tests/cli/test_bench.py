@@ -47,7 +47,9 @@ def test_bench_scaling_reports_time_and_flop_ratios(mrsq_main, tmp_path):
     assert set(scaling["update"]) == {"ensemble", "batch"}
     iters = scaling["plan"]["iterations"]
     assert [r["part"] for r in iters] == ["iterations=3", "iterations=6", "iterations=12"]
-    assert [round(r["flop_ratio"], 1) for r in iters] == [1.0, 2.0, 4.0]
+    # the policy rollouts are made once per action, not per iteration: slightly under 2x and 4x
+    ratios = [r["flop_ratio"] for r in iters]
+    assert ratios[0] == 1.0 and 1.85 < ratios[1] <= 2.0 and 3.6 < ratios[2] <= 4.0, ratios
     batch = scaling["update"]["batch"]
     assert batch[2]["flop_ratio"] == pytest.approx(4.0, rel=0.05)  # batch 512 vs 128
     assert "plan vs iterations" in stdout

@@ -200,16 +200,18 @@ class IterativeSamplingPlanner(Planner):
     def plan(self, model: PlanningModel, obs: torch.Tensor, first: bool = False,
              explore: bool = True) -> torch.Tensor:
         mean0 = self.initial_mean(first)
-        action, mean, sequence = self._search(model, obs.reshape(1, -1), mean0, explore)
+        action, mean, sequence, policy_elites = self._search(model, obs.reshape(1, -1), mean0, explore)
         self.mean.copy_(mean)
         self.last_sequence = sequence.clone()  # [H, A]: the executed elite's whole sequence
+        self.last_policy_elites = policy_elites.clone()  # []: final elites that are policy rollouts
         return action.clone()
 
     def search(self, model: PlanningModel, obs: torch.Tensor, mean: torch.Tensor,
                explore: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One action's search from ``obs [1, obs]`` and the start ``mean [H, A]``.
 
-        Returns ``(action [A], final mean [H, A], executed elite's sequence [H, A])``. Pure
+        Returns ``(action [A], final mean [H, A], executed elite's sequence [H, A], number of
+        the final elites that are policy rollouts [] (a diagnostic))``. Pure
         tensor code with no host synchronisation: compiled (and CUDA-graph captured) as a whole
         on GPUs."""
         n, p, k, h = self.num_samples, self.num_policy, self.num_elites, self.horizon
@@ -233,5 +235,5 @@ class IterativeSamplingPlanner(Planner):
             mean, std = weighted_stats(elite_actions, weights)
             std = std.clamp(self.min_std, self.max_std)
         chosen = self.choose(elite_actions, elite_values, weights, mean, explore)
-        return chosen[0], mean, chosen
+        return chosen[0], mean, chosen, (idx < p).sum()
 
