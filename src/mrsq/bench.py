@@ -99,7 +99,7 @@ def _setup(args, warm_steps: int = 5_000, extra_overrides: tuple[str, ...] = ())
     from mrsq import specs
     from mrsq.envs import make_env
     from mrsq.replay import LAPReplay
-    from mrsq.runtime import resolve
+    from mrsq.runtime import replay_device, resolve
     from mrsq.training.loop import build_agent, resolve_device
 
     if args.threads:
@@ -110,8 +110,11 @@ def _setup(args, warm_steps: int = 5_000, extra_overrides: tuple[str, ...] = ())
     runtime = resolve(spec.precision, spec.compile, device)
     env = make_env(args.env, 0)
     agent = build_agent(spec, env, device, runtime)
-    replay = LAPReplay(env.obs_dim, env.action_dim, capacity=max(warm_steps, 1_000) + 1_000,
-                       horizon=max(spec.encoder_horizon, spec.value_horizon), seed=0)
+    capacity = max(warm_steps, 1_000) + 1_000
+    # the replay the trainer would use here: mirrored on the GPU when it fits, as in training
+    replay = LAPReplay(env.obs_dim, env.action_dim, capacity=capacity,
+                       horizon=max(spec.encoder_horizon, spec.value_horizon), seed=0,
+                       device=replay_device(device, LAPReplay.storage_bytes(env.obs_dim, env.action_dim, capacity)))
     rng = np.random.default_rng(0)
     obs = env.reset()
     for _ in range(warm_steps):
@@ -147,7 +150,7 @@ def bench_train(args) -> dict:
     state = {"obs": obs, "zs": None}
 
     def encoder():
-        agent.encoder_step(replay.sample(B).to(dev))
+        agent.encoder_step(replay.sample(B, horizon=spec.encoder_horizon).to(dev))
 
     def critic():
         batch = replay.sample(B, horizon=H).to(dev)
@@ -208,7 +211,7 @@ def bench_loop(args) -> dict:
         agent.update(replay)
 
     def encoder():
-        agent.encoder_step(replay.sample(spec.batch_size).to(dev))
+        agent.encoder_step(replay.sample(spec.batch_size, horizon=spec.encoder_horizon).to(dev))
 
     steps = args.loop_steps
     every = spec.target_update_every
