@@ -5,8 +5,8 @@ them (issue 7, A5). Prints figures; not a test.
 
 Loads a trained MRS.Q-style checkpoint, collects states by running its agent on its env, then
 plans from every state once per noise std (same states, same seeds per std) and reports the mean
-number of final elites that are policy rollouts (of num_elites), the mean squared gap between the
-planned action and pi(s), and the mean planned value of the executed elite.
+number of final elites that are policy rollouts (of num_elites) and the mean squared gap between
+the planned action and pi(s).
 """
 
 from __future__ import annotations

@@ -100,10 +100,10 @@ def plot_nchain(path, samples: int, trials: int, seed: int = 0, max_horizon: int
 def main(args) -> int:
     from mrsq.cli import UsageError
 
-    for name in ("actions", "horizon", "samples", "trials"):
+    for name, least in (("actions", 2), ("horizon", 1), ("samples", 1), ("trials", 1)):
         value = getattr(args, name)
-        if value < (2 if name == "actions" else 1):
-            raise UsageError(f"--{name} must be at least {2 if name == 'actions' else 1} (got {value})")
+        if value < least:
+            raise UsageError(f"--{name} must be at least {least} (got {value})")
     report = nchain_report(args.actions, args.horizon, args.samples, args.trials, args.seed)
     if args.json:
         print(json.dumps(report))

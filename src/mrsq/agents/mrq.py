@@ -219,8 +219,10 @@ class MRQ(nn.Module):
         self.env_terminates = False
         self._acting: _Nets | None = None  # bf16 copies for acting (built on first use)
         self._acting_stale = True
-        # divergence accumulators per mode (explore=True: training, False: evaluation): [sum, count]
-        self._divergence = {mode: [torch.zeros(()), 0] for mode in (True, False)}
+        # policy-vs-search divergence sums on the device, [evaluation, training] (index: explore),
+        # and their counts on the host
+        self.register_buffer("divergence_sums", torch.zeros(2), persistent=False)
+        self._divergence_counts = [0, 0]
         self.planning_model = _PlanningView(self, _Nets(self.encoder, self.critic, self.policy))
         self._compile()
 
@@ -266,10 +268,7 @@ class MRQ(nn.Module):
     def _apply(self, fn, *args, **kwargs):
         # .to(device) / .float() etc.: rebuild the bf16 acting copies from the moved masters
         self._acting = None
-        out = super()._apply(fn, *args, **kwargs)
-        for acc in self._divergence.values():
-            acc[0] = fn(acc[0])
-        return out
+        return super()._apply(fn, *args, **kwargs)
 
     # ------------------------------------------------------------------------------ acting
     @torch.no_grad()
@@ -283,9 +282,8 @@ class MRQ(nn.Module):
         # from the same acting networks, before exploration noise. Generic on purpose: for the
         # `policy` planner it is the same forward twice, so exactly 0. Accumulated on the device.
         pi = view.policy(view.encode(obs_t.reshape(1, -1)))[0].float()
-        acc = self._divergence[explore]
-        acc[0] += (action - pi).square().mean()
-        acc[1] += 1
+        self.divergence_sums[int(explore)] += (action - pi).square().mean()
+        self._divergence_counts[int(explore)] += 1
         if explore and self.hp.exploration_noise > 0:
             action = action + torch.randn_like(action) * self.hp.exploration_noise
         return action.clamp(-1, 1).cpu().numpy()
@@ -293,10 +291,10 @@ class MRQ(nn.Module):
     def pop_divergence(self, explore: bool) -> float:
         """Mean over the actions taken since the last call (training acts if ``explore``, else
         evaluation acts) of ``mean_a (a_search - pi(s))^2``; NaN if there were none. Host sync."""
-        acc = self._divergence[explore]
-        value = float((acc[0] / acc[1]).item()) if acc[1] > 0 else float("nan")
-        acc[0].zero_()
-        acc[1] = 0
+        i, count = int(explore), self._divergence_counts[int(explore)]
+        value = float(self.divergence_sums[i].item()) / count if count else float("nan")
+        self.divergence_sums[i] = 0.0
+        self._divergence_counts[i] = 0
         return value
 
     @torch.no_grad()

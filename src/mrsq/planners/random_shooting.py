@@ -14,7 +14,7 @@ import torch
 from pydantic import Field
 
 from mrsq.planners.base import Planner, PlanningModel
-from mrsq.planners.sampling import SampleCountSpec, policy_rollout, trajectory_value
+from mrsq.planners.sampling import SampleCountSpec, policy_noise, policy_rollout, trajectory_value
 from mrsq.registry import PLANNERS
 
 
@@ -43,10 +43,7 @@ class RandomShootingPlanner(Planner):
         actions = self.sample(s.num_samples - s.num_policy_trajectories, z0.device)
         values = trajectory_value(model, z0, actions)  # [N - P, 1]
         if s.num_policy_trajectories > 0:  # without noise identical copies: one is enough to compete
-            noise = None
-            if s.policy_noise_std > 0:
-                noise = s.policy_noise_std * torch.randn(s.num_policy_trajectories, s.horizon, self.action_dim,
-                                                         device=z0.device)
+            noise = policy_noise(s.policy_noise_std, s.num_policy_trajectories, s.horizon, self.action_dim, z0.device)
             pi_actions, pi_value = policy_rollout(model, z0, s.horizon, noise)
             actions, values = torch.cat([pi_actions, actions]), torch.cat([pi_value, values])
         return actions.index_select(0, values[:, 0].argmax().reshape(1))[0, 0]

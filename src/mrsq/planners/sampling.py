@@ -80,6 +80,14 @@ def policy_rollout(model: PlanningModel, z0: torch.Tensor, horizon: int,
 
 
 # ------------------------------------------------------------------------------------ helpers
+def policy_noise(std: float, rollouts: int, horizon: int, action_dim: int, device, dtype=torch.float32):
+    """Noise for ``rollouts`` noisy policy rollouts (``[P, H, A]`` of ``N(0, std^2)``), or
+    ``None`` when ``std`` is 0 (one deterministic rollout then stands for all of them)."""
+    if std <= 0:
+        return None
+    return std * torch.randn(rollouts, horizon, action_dim, device=device, dtype=dtype)
+
+
 def shift_mean(mean: torch.Tensor) -> torch.Tensor:
     """Warm start: ``mean [H, A]`` advanced by one step, the last step set to 0 -> ``[H, A]``."""
     return torch.cat([mean[1:], torch.zeros_like(mean[:1])], 0)
@@ -220,9 +228,7 @@ class IterativeSamplingPlanner(Planner):
         actions = mean.new_empty(n, h, self.action_dim)  # rows [:p]: the policy's plan
         values = mean.new_empty(n, 1)
         if p > 0:
-            noise = None
-            if self.policy_noise_std > 0:
-                noise = self.policy_noise_std * torch.randn(p, h, self.action_dim, device=mean.device, dtype=mean.dtype)
+            noise = policy_noise(self.policy_noise_std, p, h, self.action_dim, mean.device, mean.dtype)
             pi_actions, pi_value = self._policy_rollout(model, z0, h, noise)
             actions[:p] = pi_actions
             values[:p] = pi_value

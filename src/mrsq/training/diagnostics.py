@@ -54,9 +54,7 @@ def counted_states(length: int, terminated: bool, gamma: float, tail_weight: flo
     """How many leading states of an episode of ``length`` steps have a trustworthy ``G_t``:
     all of them if it terminated; else those at least ``k`` steps before the cut, with ``k`` the
     smallest integer such that ``gamma^k <= tail_weight`` (every state if gamma is 0)."""
-    if terminated:
-        return length
-    if gamma <= 0:
+    if terminated or gamma <= 0:
         return length
     if gamma >= 1:
         return 0  # an undiscounted tail never fades
