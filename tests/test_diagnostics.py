@@ -78,6 +78,9 @@ class BiasedCritic:
         true = (1 - self.gamma ** remaining) / (1 - self.gamma)
         return (1 + self.bias) * true, torch.full_like(true, 0.5)
 
+    def pop_divergence(self, explore):
+        return 0.0
+
     @property
     def spec(self):
         return type("S", (), {"discount": self.gamma})()

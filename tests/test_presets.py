@@ -24,7 +24,17 @@ def shrunk(name: str, extra=()):
             "target_update_every=50", "train.threads=1", "train.eval_episodes=1", "train.log_every=100"]
     if base.planner.type in ("mppi", "cem"):
         sets += ["planner.num_samples=32", "planner.num_elites=8", "planner.num_policy_trajectories=4"]
-    return specs.load(name, [*sets, *extra])
+    data = specs.to_dict(base)
+
+    def applies(item: str) -> bool:  # only the fields this agent has (model-free: no encoder, ...)
+        node = data
+        for part in item.split("=")[0].split("."):
+            if not isinstance(node, dict) or part not in node:
+                return False
+            node = node[part]
+        return True
+
+    return specs.load(name, [*filter(applies, sets), *extra])
 
 
 @pytest.mark.parametrize("name", PRESET_NAMES)

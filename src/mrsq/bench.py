@@ -113,7 +113,7 @@ def _setup(args, warm_steps: int = 5_000, extra_overrides: tuple[str, ...] = ())
     capacity = max(warm_steps, 1_000) + 1_000
     # the replay the trainer would use here: mirrored on the GPU when it fits, as in training
     replay = LAPReplay(env.obs_dim, env.action_dim, capacity=capacity,
-                       horizon=max(spec.encoder_horizon, spec.value_horizon), seed=0,
+                       horizon=agent.replay_horizon, seed=0,
                        device=replay_device(device, LAPReplay.storage_bytes(env.obs_dim, env.action_dim, capacity)))
     rng = np.random.default_rng(0)
     obs = env.reset()
@@ -122,8 +122,7 @@ def _setup(args, warm_steps: int = 5_000, extra_overrides: tuple[str, ...] = ())
         nxt, r, term, trunc = env.step(a)
         replay.add(obs, a, r, nxt, term, trunc)
         obs = env.reset() if term or trunc else nxt
-    agent.update_targets(replay.reward_scale())
-    agent.env_terminates = replay.env_terminates
+    agent.prepare(replay)
     return spec, env, agent, replay, obs, runtime
 
 
@@ -146,7 +145,7 @@ def bench_train(args) -> dict:
     before = compile_report()
     spec, env, agent, replay, obs, rt = _setup(args)
     dev = rt.torch_device
-    B, H = spec.batch_size, spec.value_horizon
+    B, H = spec.batch_size, getattr(spec, "value_horizon", None)
     state = {"obs": obs, "zs": None}
 
     def encoder():
@@ -166,10 +165,18 @@ def bench_train(args) -> dict:
         replay.add(state["obs"], a, r, nxt, term, trunc)
         state["obs"] = env.reset() if term or trunc else nxt
 
-    critic()
-    parts = {"encoder update": encoder, "critic update": critic, "policy update": policy, "rest": rest}
-    flops = {k: count_flops(f) for k, f in parts.items()}
-    iters = {"encoder update": 10, "critic update": 10, "policy update": 20, "rest": 50}
+    if hasattr(agent, "encoder_step"):  # MR.Q's family: each update of a step timed apart
+        critic()
+        parts = {"encoder update": encoder, "critic update": critic, "policy update": policy, "rest": rest}
+        flops = {k: count_flops(f) for k, f in parts.items()}
+    else:  # any other agent: its whole per-step update (e.g. TD3's policy every 2nd step: mean of 2)
+        def update():
+            agent.update(replay)
+
+        update()
+        parts = {"update": update, "rest": rest}
+        flops = {"update": (count_flops(update) + count_flops(update)) / 2, "rest": count_flops(rest)}
+    iters = {"encoder update": 10, "critic update": 10, "policy update": 20, "rest": 50, "update": 10}
     ms = {k: time_ms(f, iters[k], args.repeats, dev) for k, f in parts.items()}
     ceiling = matmul_ceiling(rt.dtype, dev)
     rows = [_row(k, ms[k], flops[k], ceiling) for k in parts]
@@ -214,10 +221,16 @@ def bench_loop(args) -> dict:
         agent.encoder_step(replay.sample(spec.batch_size, horizon=spec.encoder_horizon).to(dev))
 
     steps = args.loop_steps
-    every = spec.target_update_every
-    if agent.training_steps + 2 * steps + 2 >= every:
+    burst = hasattr(agent, "encoder_step")  # MR.Q's family: the encoder burst amortised apart
+    every = getattr(spec, "target_update_every", None)
+    if burst and agent.training_steps + 2 * steps + 2 >= every:
         raise ValueError(f"--loop-steps {steps} too large for target_update_every {every}")
     step_ms = time_ms(loop_step, steps, 1, dev)  # warm-up (compiles) + one window of `steps`
+    if not burst:
+        ceiling = matmul_ceiling(rt.dtype, dev)
+        row = _row("one env step (act + update)", step_ms, count_flops(loop_step), ceiling)
+        return {**_header("loop", args, rt, ceiling, before), "planner": spec.planner.type, "rows": [row],
+                "steps_per_s": 1e3 / step_ms}
     enc_ms = time_ms(encoder, 5, args.repeats, dev)
     total = step_ms + enc_ms
     ceiling = matmul_ceiling(rt.dtype, dev)
@@ -229,6 +242,14 @@ def bench_loop(args) -> dict:
             "steps_per_s": 1e3 / total}
 
 
+def _require_critic_step(agent, bench: str) -> None:
+    from mrsq.specs import SpecError
+
+    if not hasattr(agent, "critic_step"):
+        raise SpecError(f"`mrsq bench {bench}` times critic_step/policy_step, which agent {agent.spec.type!r} "
+                        f"does not split out; use `mrsq bench train` or `loop` for it")
+
+
 def bench_critics(args) -> dict:
     """Critic-update cost against ensemble size: time and FLOP ratios relative to the first."""
     members = [int(n) for n in str(args.members).split(",")]
@@ -237,6 +258,7 @@ def bench_critics(args) -> dict:
     for n in members:
         spec, env, agent, replay, obs, rt = _setup(args, warm_steps=1_000,
                                                    extra_overrides=(f"critic.num_members={n}",))
+        _require_critic_step(agent, "critics")
         B, H = spec.batch_size, spec.value_horizon
         dev = rt.torch_device
 
@@ -293,6 +315,7 @@ def bench_scaling(args) -> dict:
         for label, sets in variants:
             a = Namespace(**{**base, "overrides": [*base["overrides"], *sets]})
             spec, env, agent, replay, obs, rt = _setup(a, warm_steps=1_000)
+            _require_critic_step(agent, "scaling")
             dev = rt.torch_device
 
             def update():

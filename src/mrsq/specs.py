@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Iterable
 
 import yaml
-from pydantic import BaseModel, ConfigDict, SerializeAsAny, ValidationError, WrapValidator
+from pydantic import BaseModel, ConfigDict, SerializeAsAny, ValidationError, WrapValidator, model_validator
 
 from mrsq.registry import PRESETS, Registry, UnknownComponentError
 
@@ -35,6 +35,27 @@ class Spec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
     type: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _partial_components(cls, data: Any) -> Any:
+        """A partial mapping for a field whose default comes from a factory keeps the default's
+        other fields: ``critic: {num_members: 10}`` keeps the default critic's type, widths...;
+        ``aggregators: {target: min}`` keeps the agent's default policy and planner aggregators;
+        ``replay: {capacity: 1000}`` keeps the agent's default ``prioritized``."""
+        if not isinstance(data, dict):
+            return data
+        for name, field in cls.model_fields.items():
+            value = data.get(name)
+            if not isinstance(value, dict) or field.default_factory is None:
+                continue
+            default = field.default_factory()
+            if any(isinstance(m, _Component) for m in field.metadata):
+                if "type" not in value and isinstance(default, dict) and "type" in default:
+                    data = {**data, name: {**default, **value}}
+            elif isinstance(default, BaseModel):
+                data = {**data, name: {**default.model_dump(exclude_unset=False), **value}}
+        return data
 
 
 def component(registry: Registry) -> Any:
@@ -244,7 +265,10 @@ def load(source: str | Path, overrides: Iterable[str] = ()) -> Spec:
 
 
 def to_dict(spec: Spec) -> dict:
-    return spec.model_dump(mode="json")
+    data = spec.model_dump(mode="json")
+    if "train" in data:  # the run section last, after the agent's own fields
+        data["train"] = data.pop("train")
+    return data
 
 
 def to_yaml(spec: Spec) -> str:

@@ -15,7 +15,8 @@ import torch
 
 import mrsq.components  # noqa: F401
 from mrsq import specs
-from mrsq.agents.mrq import MRQ, _alive_before
+from mrsq.agents.base import alive_before as _alive_before
+from mrsq.agents.mrq import MRQ
 from mrsq.replay import LAPReplay, ReplayBatch
 
 OBS_DIM, ACTION_DIM = 4, 2

@@ -28,7 +28,6 @@ code.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from dataclasses import dataclass
 from typing import Literal
@@ -36,64 +35,35 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field
 from torch import nn
 
-from mrsq.agents.spec import AggregatorChoice, LossWeights, OptimSpec, ReplaySpec, TrainSpec, TwoHotSpec
+from mrsq.agents.base import Agent, AgentSpec, alive_before, frozen
+from mrsq.agents.spec import LossWeights, OptimSpec, TwoHotSpec
 from mrsq import runtime as rt
 from mrsq.compile import Compiled
 from mrsq.critics.aggregators import build_aggregator
 from mrsq.nn import hard_update_
-from mrsq.registry import AGENTS, CRITICS, ENCODERS, PLANNERS, POLICIES
-from mrsq.specs import Spec, component
+from mrsq.registry import AGENTS, CRITICS, ENCODERS, POLICIES
+from mrsq.specs import component
 from mrsq.twohot import TwoHot
 
 
-class MRQSpec(Spec):
+class MRQSpec(AgentSpec):
     """MR.Q's hyperparameters (MR.Q paper, Table of defaults) and the parts it is built from."""
 
     type: Literal["mrq"] = "mrq"
-    description: str = ""
     encoder: component(ENCODERS) = Field(default_factory=lambda: {"type": "elu"}, validate_default=True)
     critic: component(CRITICS) = Field(default_factory=lambda: {"type": "ensemble"}, validate_default=True)
     policy: component(POLICIES) = Field(default_factory=lambda: {"type": "tanh"}, validate_default=True)
-    planner: component(PLANNERS) = Field(default_factory=lambda: {"type": "policy"}, validate_default=True)
-    aggregators: AggregatorChoice = Field(default_factory=AggregatorChoice)
     losses: LossWeights = Field(default_factory=LossWeights)
     optim: OptimSpec = Field(default_factory=OptimSpec)
-    replay: ReplaySpec = Field(default_factory=ReplaySpec)
     reward_bins: TwoHotSpec = Field(default_factory=TwoHotSpec)
-    discount: float = Field(0.99, gt=0, le=1)
-    batch_size: int = Field(256, ge=1)
     encoder_horizon: int = Field(5, ge=1, description="latent unroll length of the encoder loss")
     value_horizon: int = Field(3, ge=1, description="n of the n-step TD target")
     target_update_every: int = Field(250, ge=1, description="hard target copies + encoder burst period")
-    warmup_steps: int = Field(10_000, ge=0, description="random actions, no training, until the buffer holds this many")
-    exploration_noise: float = Field(0.2, ge=0, description="Gaussian std on the action while training (0: none)")
     target_policy_noise: float = Field(0.2, ge=0)
     noise_clip: float = Field(0.3, ge=0)
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="auto: bf16 where bf16 matmuls are fast (AMX CPUs, bf16 GPUs), else fp32 "
-                            "(mrsq.runtime); bf16: autocast updates, bf16 weight copies for acting")
-    compile: Literal["auto", "on", "off"] = Field(
-        "auto", description="torch.compile the update losses and the planner's scoring "
-                            "(auto: when a compiler is present; failures fall back to eager)")
-    train: TrainSpec = Field(default_factory=TrainSpec)
-
-    @model_validator(mode="after")
-    def _aggregators_fit_the_ensemble(self) -> "MRQSpec":
-        members = getattr(self.critic, "num_members", None)
-        for use in ("target", "policy", "planner"):
-            k = getattr(getattr(self.aggregators, use), "k", None)
-            if members is not None and k is not None and k > members:
-                raise ValueError(f"aggregators.{use}.k ({k}) exceeds critic.num_members ({members})")
-        return self
-
-    @field_validator("compile", mode="before")
-    @classmethod
-    def _yaml_bool(cls, value):
-        # YAML 1.1 reads a bare `on` / `off` as a boolean
-        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 @dataclass(frozen=True)
@@ -119,19 +89,6 @@ class _Hyper:
         return cls(s.batch_size, s.target_update_every, s.encoder_horizon, s.value_horizon, s.exploration_noise,
                    s.target_policy_noise, s.noise_clip, s.optim.critic_grad_clip, s.losses.dynamics,
                    s.losses.reward, s.losses.termination, s.losses.pre_activation, runtime.bf16)
-
-
-@contextlib.contextmanager
-def frozen(*modules: nn.Module):
-    """Temporarily stop weight-gradient computation for ``modules`` (inputs still get grads)."""
-    params = [p for m in modules for p in m.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
 
 
 class _PlanningView:
@@ -182,17 +139,19 @@ class _Nets:
 
 
 @AGENTS.register("mrq", spec=MRQSpec, help="MR.Q; with the right spec also MRS.Q and its ablations")
-class MRQ(nn.Module):
+class MRQ(Agent):
+    MODULES = ("encoder", "encoder_target", "critic", "critic_target", "policy", "policy_target", "planner")
+    OPTIMIZERS = ("encoder_optim", "critic_optim", "policy_optim")
+    METRICS = ("encoder/loss", "encoder/dynamics", "encoder/reward", "encoder/termination",
+               "critic/loss", "critic/q_mean", "critic/grad_norm", "policy/loss", "policy/pre_activation")
+
     def __init__(self, spec: MRQSpec, obs_dim: int, action_dim: int, runtime: rt.Runtime | None = None) -> None:
-        super().__init__()
-        self.spec, self.obs_dim, self.action_dim = spec, obs_dim, action_dim
-        self.runtime = runtime or rt.resolve(spec.precision, spec.compile, "cpu")
+        super().__init__(spec, obs_dim, action_dim, runtime)
         self.hp = _Hyper.from_spec(spec, self.runtime)
         self.encoder = ENCODERS.get(spec.encoder.type)(spec.encoder, obs_dim, action_dim)
         zsa_dim = spec.encoder.zsa_dim
         self.critic = CRITICS.get(spec.critic.type)(spec.critic, zsa_dim)
         self.policy = POLICIES.get(spec.policy.type)(spec.policy, spec.encoder.zs_dim, action_dim)
-        self.planner = PLANNERS.get(spec.planner.type)(spec.planner, action_dim)
         self.encoder_target = copy.deepcopy(self.encoder).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.policy_target = copy.deepcopy(self.policy).requires_grad_(False)
@@ -202,10 +161,9 @@ class MRQ(nn.Module):
         self.planner_aggregate = build_aggregator(spec.aggregators.planner)
 
         o = spec.optim
-        adamw = lambda params, lr: torch.optim.AdamW(params, lr=lr, weight_decay=o.weight_decay, fused=o.fused)
-        self.encoder_optim = adamw(self.encoder.parameters(), o.encoder_lr)
-        self.critic_optim = adamw(self.critic.parameters(), o.critic_lr)
-        self.policy_optim = adamw(self.policy.parameters(), o.policy_lr)
+        self.encoder_optim = self.adam(self.encoder.parameters(), o.encoder_lr, o.weight_decay, o.fused)
+        self.critic_optim = self.adam(self.critic.parameters(), o.critic_lr, o.weight_decay, o.fused)
+        self.policy_optim = self.adam(self.policy.parameters(), o.policy_lr, o.weight_decay, o.fused)
 
         h = spec.value_horizon
         self.register_buffer("gammas", spec.discount ** torch.arange(h, dtype=torch.float32), persistent=False)
@@ -215,14 +173,8 @@ class MRQ(nn.Module):
         # (reward_scale, target_reward_scale) is what the (compiled) losses and planner read.
         self.register_buffer("scales", torch.tensor([1.0, 0.0]), persistent=False)
         self.reward_scale, self.target_reward_scale = 1.0, 0.0
-        self.training_steps = 0
-        self.env_terminates = False
         self._acting: _Nets | None = None  # bf16 copies for acting (built on first use)
         self._acting_stale = True
-        # policy-vs-search divergence sums on the device, [evaluation, training] (index: explore),
-        # and their counts on the host
-        self.register_buffer("divergence_sums", torch.zeros(2), persistent=False)
-        self._divergence_counts = [0, 0]
         self.planning_model = _PlanningView(self, _Nets(self.encoder, self.critic, self.policy))
         self._compile()
 
@@ -235,11 +187,16 @@ class MRQ(nn.Module):
         if hasattr(self.planner, "set_runtime"):
             self.planner.set_runtime(r)
 
-    def compiled_functions(self) -> list[Compiled]:
-        """This agent's :class:`Compiled` wrappers (losses, planner), for compile-time reports."""
-        found = [self.compiled_encoder_loss, self.compiled_critic_loss, self.compiled_policy_loss]
-        found += [v for v in vars(self.planner).values() if isinstance(v, Compiled)]
-        return found
+    @property
+    def replay_horizon(self) -> int:
+        return max(self.spec.encoder_horizon, self.spec.value_horizon)
+
+    def prepare(self, replay) -> None:
+        self.update_targets(replay.reward_scale())
+        self.env_terminates = replay.env_terminates
+
+    def after_optimizer_step(self) -> None:
+        self._acting_stale = True  # bf16 acting copies refresh before the next action
 
     def acting_nets(self) -> _Nets:
         """Networks for acting and planning: the online ones in fp32; in bf16, bf16 copies of
@@ -271,31 +228,9 @@ class MRQ(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     # ------------------------------------------------------------------------------ acting
-    @torch.no_grad()
-    def act(self, obs: np.ndarray, explore: bool = True, first: bool = False) -> np.ndarray:
-        """One observation -> one action in [-1, 1] (exploration noise only when ``explore``)."""
-        device = self.gammas.device
-        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
+    def policy_action(self, obs: torch.Tensor, explore: bool) -> torch.Tensor:
         view = self.acting_view()
-        action = self.planner.plan(view, obs_t, first=first, explore=explore).float()
-        # Policy-vs-search divergence (the paper's Figure 4): the planner's action against pi(s)
-        # from the same acting networks, before exploration noise. Generic on purpose: for the
-        # `policy` planner it is the same forward twice, so exactly 0. Accumulated on the device.
-        pi = view.policy(view.encode(obs_t.reshape(1, -1)))[0].float()
-        self.divergence_sums[int(explore)] += (action - pi).square().mean()
-        self._divergence_counts[int(explore)] += 1
-        if explore and self.hp.exploration_noise > 0:
-            action = action + torch.randn_like(action) * self.hp.exploration_noise
-        return action.clamp(-1, 1).cpu().numpy()
-
-    def pop_divergence(self, explore: bool) -> float:
-        """Mean over the actions taken since the last call (training acts if ``explore``, else
-        evaluation acts) of ``mean_a (a_search - pi(s))^2``; NaN if there were none. Host sync."""
-        i, count = int(explore), self._divergence_counts[int(explore)]
-        value = float(self.divergence_sums[i].item()) / count if count else float("nan")
-        self.divergence_sums[i] = 0.0
-        self._divergence_counts[i] = 0
-        return value
+        return view.policy(view.encode(obs))[0]
 
     @torch.no_grad()
     def value_estimate(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -303,15 +238,10 @@ class MRQ(nn.Module):
         diagnostic, the paper's Figure 3): the TD target's aggregator over the online critic
         ensemble, times the reward scale (the critics learn Q / reward_scale). Online fp32
         networks. Returns ``(Q [T], per-member std [T])``, both in return units."""
-        device = self.gammas.device
-        obs, action = obs.to(device, torch.float32), action.to(device, torch.float32)
+        obs, action = obs.to(self.device, torch.float32), action.to(self.device, torch.float32)
         q = self.critic(self.encoder.zsa(self.encoder.zs(obs), action)).float()  # [N, T, 1]
         scale = self.scales[0]
         return (self.target_aggregate(q) * scale)[:, 0], (q.std(0) * scale)[:, 0]
-
-    def autocast(self):
-        """bf16 autocast when the spec asks for it (a no-op context otherwise)."""
-        return torch.autocast(self.gammas.device.type, dtype=torch.bfloat16, enabled=self.hp.bf16)
 
     # ------------------------------------------------------------------------------ training
     def update(self, replay) -> dict[str, torch.Tensor]:
@@ -358,25 +288,6 @@ class MRQ(nn.Module):
         self._target_reward_scale = float(value)
         self.scales[1] = self._target_reward_scale
 
-    def _optimize(self, loss_fn: Compiled, optim: torch.optim.Optimizer, *args, clip=None):
-        """forward (autocast when bf16) -> backward -> optional grad clip -> fused AdamW step.
-
-        A compiled loss whose backward fails to compile falls back to eager and is redone."""
-        while True:
-            with self.autocast():
-                loss, *out = loss_fn(*args)
-            optim.zero_grad(set_to_none=True)
-            try:
-                loss.backward()
-                break
-            except Exception as exc:  # noqa: BLE001 - re-raised unless it is a compiler failure
-                if not loss_fn.fall_back(exc):
-                    raise
-        norm = nn.utils.clip_grad_norm_(clip[0], clip[1], foreach=True) if clip else None
-        optim.step()
-        self._acting_stale = True  # bf16 acting copies refresh before the next action
-        return loss, out, norm
-
     def encoder_loss(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Unrolled model loss over H steps from z0 = f(s0) (MR.Q eq. for L_Encoder).
 
@@ -408,7 +319,7 @@ class MRQ(nn.Module):
             dones.append(done)
             next_zs.append(zs)
             rewards.append(reward_logits)
-        alive = _alive_before(terminated)  # [B,H]
+        alive = alive_before(terminated)  # [B,H]
         # .float(): losses in fp32 also under bf16 autocast (no-ops in fp32)
         dyn = ((torch.stack(next_zs, 1).float() - target_zs.float()).pow(2).mean(-1) * alive).mean(0).sum()
         rew = (self.two_hot.cross_entropy(torch.stack(rewards, 1).float(), reward) * alive).mean(0).sum()
@@ -420,7 +331,7 @@ class MRQ(nn.Module):
         return loss, dyn, rew, term
 
     def encoder_step(self, batch) -> dict[str, torch.Tensor]:
-        loss, (dyn, rew, term), _ = self._optimize(
+        loss, (dyn, rew, term), _ = self.optimize(
             self.compiled_encoder_loss, self.encoder_optim,
             batch.obs, batch.action, batch.reward, batch.next_obs, batch.terminated)
         return self._encoder_metrics(loss, dyn, rew, term)
@@ -444,7 +355,7 @@ class MRQ(nn.Module):
 
     def _value_target(self, reward, terminated, last_next_obs, noise) -> torch.Tensor:
         with torch.no_grad():
-            alive = _alive_before(terminated)  # [B,H]
+            alive = alive_before(terminated)  # [B,H]
             ret = (reward * alive * self.gammas).sum(1, keepdim=True)
             not_done = alive[:, -1:] * (1 - terminated[:, -1:])
             next_zs = self.encoder_target.zs(last_next_obs)
@@ -471,7 +382,7 @@ class MRQ(nn.Module):
 
     def critic_step(self, batch):
         noise = self.target_noise(batch.reward.shape[0])
-        loss, (q, target, zs), grad_norm = self._optimize(
+        loss, (q, target, zs), grad_norm = self.optimize(
             self.compiled_critic_loss, self.critic_optim,
             batch.obs[:, 0], batch.action[:, 0], batch.reward, batch.terminated, batch.next_obs[:, -1], noise,
             clip=(self.critic.parameters(), self.hp.critic_grad_clip))
@@ -497,43 +408,20 @@ class MRQ(nn.Module):
 
     def policy_step(self, zs: torch.Tensor) -> dict[str, torch.Tensor]:
         with frozen(self.encoder, self.critic):
-            loss, (penalty,), _ = self._optimize(self.compiled_policy_loss, self.policy_optim, zs)
+            loss, (penalty,), _ = self.optimize(self.compiled_policy_loss, self.policy_optim, zs)
         return {"policy/loss": loss.detach(), "policy/pre_activation": penalty.detach()}
 
     # ------------------------------------------------------------------------------ state
-    def training_state(self) -> dict:
-        """Everything needed to resume: module and optimiser state dicts, scalars."""
-        return {
-            "modules": {k: getattr(self, k).state_dict() for k in _MODULES},
-            "optimizers": {k: getattr(self, k).state_dict() for k in _OPTIMIZERS},
-            "scalars": {"reward_scale": float(self.reward_scale),
-                        "target_reward_scale": float(self.target_reward_scale),
-                        "training_steps": int(self.training_steps),
-                        "env_terminates": bool(self.env_terminates)},
-        }
+    def scalars(self) -> dict:
+        return {**super().scalars(), "reward_scale": float(self.reward_scale),
+                "target_reward_scale": float(self.target_reward_scale)}
 
-    def load_training_state(self, state: dict) -> None:
-        for k in _MODULES:
-            getattr(self, k).load_state_dict(state["modules"][k])
-        for k in _OPTIMIZERS:
-            getattr(self, k).load_state_dict(state["optimizers"][k])
-        sc = state["scalars"]
-        self.reward_scale, self.target_reward_scale = sc["reward_scale"], sc["target_reward_scale"]
-        self.training_steps, self.env_terminates = sc["training_steps"], sc["env_terminates"]
-        self._acting_stale = True
+    def load_scalars(self, scalars: dict) -> None:
+        super().load_scalars(scalars)
+        self.reward_scale, self.target_reward_scale = scalars["reward_scale"], scalars["target_reward_scale"]
 
     def actor_module(self):
         """``observation -> zs -> action`` as a TensorDictSequential for TorchRL pipelines."""
         from tensordict.nn import TensorDictSequential
 
         return TensorDictSequential(self.encoder.as_tensordict_module(), self.policy.as_tensordict_module())
-
-
-_MODULES = ("encoder", "encoder_target", "critic", "critic_target", "policy", "policy_target", "planner")
-_OPTIMIZERS = ("encoder_optim", "critic_optim", "policy_optim")
-
-
-def _alive_before(terminated: torch.Tensor) -> torch.Tensor:
-    """``[B, H]`` terminal flags -> product of (1 - terminal) over the steps strictly before t."""
-    alive = torch.cumprod(1 - terminated, dim=1)
-    return torch.cat([torch.ones_like(alive[:, :1]), alive[:, :-1]], dim=1)

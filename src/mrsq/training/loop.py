@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from mrsq import specs
+from mrsq.agents.base import Agent
 from mrsq.envs import Env, make_env
 from mrsq.registry import AGENTS
 from mrsq.replay import LAPReplay
@@ -28,10 +29,8 @@ from mrsq.training.diagnostics import VALUE_COLUMNS, ValueErrorRecorder
 from mrsq.training.logging import CSVLog, MetricMeans
 
 EVAL_COLUMNS = ("step", "return_mean", "return_std", "episodes", "wall_time", *VALUE_COLUMNS, "search_divergence")
-TRAIN_COLUMNS = ("step", "wall_time", "steps_per_s", "episodes", "episode_return",
-                 "encoder/loss", "encoder/dynamics", "encoder/reward", "encoder/termination",
-                 "critic/loss", "critic/q_mean", "critic/grad_norm", "policy/loss",
-                 "policy/pre_activation", "reward_scale", "search/divergence")
+TRAIN_COLUMNS = ("step", "wall_time", "steps_per_s", "episodes", "episode_return", "reward_scale",
+                 "search/divergence")  # then the agent's own METRICS
 
 
 @dataclass
@@ -58,6 +57,8 @@ def build_agent(spec, env: Env, device: torch.device, runtime: Runtime | None = 
     """The spec's agent on ``device``, with precision and compilation resolved for this machine."""
     runtime = runtime or resolve_runtime(spec.precision, spec.compile, device)
     agent = AGENTS.get(spec.type)(spec, env.obs_dim, env.action_dim, runtime=runtime)
+    if not isinstance(agent, Agent):
+        raise TypeError(f"agent {spec.type!r} ({type(agent).__qualname__}) must subclass mrsq.agents.Agent")
     return agent.to(device)
 
 
@@ -85,10 +86,8 @@ def evaluate(agent, env: Env, episodes: int) -> Evaluation:
 
 def _evaluate_episodes(agent, env: Env, episodes: int) -> Evaluation:
     returns = []
-    gamma = getattr(getattr(agent, "spec", None), "discount", 0.99)
-    recorder = ValueErrorRecorder(agent, gamma)
-    if hasattr(agent, "pop_divergence"):
-        agent.pop_divergence(explore=False)  # start clean
+    recorder = ValueErrorRecorder(agent, agent.spec.discount)
+    agent.pop_divergence(explore=False)  # start clean
     for _ in range(episodes):
         obs, done, total, first = env.reset(), False, 0.0, True
         agent.planner.reset()
@@ -104,8 +103,7 @@ def _evaluate_episodes(agent, env: Env, episodes: int) -> Evaluation:
         recorder.end_episode(bool(terminated))
         returns.append(total)
     diagnostics = recorder.stats()
-    if hasattr(agent, "pop_divergence"):
-        diagnostics["search_divergence"] = agent.pop_divergence(explore=False)
+    diagnostics["search_divergence"] = agent.pop_divergence(explore=False)
     return Evaluation(float(np.mean(returns)), float(np.std(returns)), diagnostics)
 
 
@@ -128,7 +126,7 @@ class Trainer:
         capacity = min(r.capacity, t.steps)
         storage = LAPReplay.storage_bytes(self.env.obs_dim, self.env.action_dim, capacity)
         self.replay = LAPReplay(self.env.obs_dim, self.env.action_dim, capacity=capacity,
-                                horizon=max(spec.encoder_horizon, spec.value_horizon), alpha=r.alpha,
+                                horizon=self.agent.replay_horizon, alpha=r.alpha,
                                 min_priority=r.min_priority, prioritized=r.prioritized, seed=t.seed,
                                 device=replay_device(self.device, storage))
         self.rng = np.random.default_rng(t.seed)
@@ -140,7 +138,7 @@ class Trainer:
         (self.out / "spec.yaml").write_text(self.spec_yaml)
         self._write_run_json()
         eval_log = CSVLog(self.out / "eval.csv", EVAL_COLUMNS)
-        train_log = CSVLog(self.out / "train.csv", TRAIN_COLUMNS)
+        train_log = CSVLog(self.out / "train.csv", (*TRAIN_COLUMNS, *self.agent.METRICS))
         result = RunResult(self.out, 0)
         bar = _progress(t.steps, self.progress)
         means = MetricMeans()
