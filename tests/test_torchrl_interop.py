@@ -54,7 +54,9 @@ def test_component_as_tensordict_module(family, name):
     assert list(tdm.out_keys) == list(spec.out_keys)
     in_dim = OBS_DIM if family == "encoder" else 16
     x = torch.randn(5, in_dim)
+    torch.manual_seed(0)  # (a stochastic policy samples: the same draws for both calls)
     td = tdm(TensorDict({spec.in_keys[0]: x}, batch_size=[5]))
+    torch.manual_seed(0)
     direct = module(x)
     if family == "critic":  # the TensorDict boundary is batch-first: [N, B, 1] -> [B, N, 1]
         direct = direct.transpose(0, 1)

@@ -31,21 +31,24 @@ def init_linear_(layer: nn.Linear) -> nn.Linear:
 
 
 class MLP(nn.Module):
-    """Linear layers with LN+activation after every hidden layer; the output layer is linear.
+    """Linear layers with LN+activation (activation only without ``layer_norm``) after every
+    hidden layer; the output layer is linear.
 
     ``dims = [in, h1, ..., out]``. Shapes: ``[..., in] -> [..., out]``.
     """
 
-    def __init__(self, dims: Sequence[int], act: str = "elu") -> None:
+    def __init__(self, dims: Sequence[int], act: str = "elu", layer_norm: bool = True) -> None:
         super().__init__()
         self.layers = nn.ModuleList(init_linear_(nn.Linear(a, b)) for a, b in zip(dims[:-1], dims[1:]))
         self.act = activation(act)
+        self.layer_norm = layer_norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers[:-1]:
             # matmul, then the bias: compiled, the add fuses into the LN + activation kernel
             # instead of addmm's copy of the broadcast bias into the output
-            x = ln_act(F.linear(x, layer.weight) + layer.bias, self.act)
+            x = F.linear(x, layer.weight) + layer.bias
+            x = ln_act(x, self.act) if self.layer_norm else self.act(x)
         return self.layers[-1](x)
 
 

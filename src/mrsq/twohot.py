@@ -44,3 +44,34 @@ class TwoHot(nn.Module):
     def cross_entropy(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``-sum(twohot(x) * log_softmax(logits))``, shape of ``x``."""
         return -(self.encode(x) * F.log_softmax(logits, dim=-1)).sum(-1)
+
+
+class SymlogTwoHot(nn.Module):
+    """TD-MPC2's two-hot: ``num_bins`` bins evenly spaced in [lower, upper] in symlog space.
+
+    ``encode(x)`` puts weight on the two bins around ``symlog(x)``; ``decode(logits) =
+    symexp(softmax(logits) @ bins)`` (the expectation is taken in symlog space, then mapped back,
+    unlike :class:`TwoHot` which averages the symexp'd bins)."""
+
+    def __init__(self, num_bins: int = 101, lower: float = -10.0, upper: float = 10.0) -> None:
+        super().__init__()
+        self.register_buffer("bins", torch.linspace(lower, upper, num_bins), persistent=False)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        bins = self.bins
+        x = symlog(x).clamp(bins[0], bins[-1])
+        low = (torch.searchsorted(bins, x.contiguous(), right=True) - 1).clamp(0, bins.numel() - 2)
+        lo, hi = bins[low], bins[low + 1]
+        w_hi = ((x - lo) / (hi - lo)).clamp(0, 1).unsqueeze(-1)
+        out = torch.zeros(*x.shape, bins.numel(), dtype=x.dtype, device=x.device)
+        out.scatter_(-1, low.unsqueeze(-1), 1 - w_hi)
+        out.scatter_add_(-1, low.unsqueeze(-1) + 1, w_hi)
+        return out
+
+    def decode(self, logits: torch.Tensor) -> torch.Tensor:
+        """``[..., num_bins] -> [..., 1]``."""
+        return symexp(torch.softmax(logits, dim=-1) @ self.bins.unsqueeze(-1))
+
+    def cross_entropy(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``-sum(twohot(x) * log_softmax(logits))``, shape of ``x``."""
+        return -(self.encode(x) * F.log_softmax(logits, dim=-1)).sum(-1)

@@ -36,6 +36,15 @@ class MinOfKSpec(Spec):
     k: int = Field(2, ge=1, description="members drawn without replacement per call")
 
 
+class MeanOfKSpec(Spec):
+    type: Literal["mean_of_k"] = "mean_of_k"
+    k: int = Field(2, ge=1, description="members drawn without replacement per call")
+
+
+class FirstSpec(Spec):
+    type: Literal["first"] = "first"
+
+
 class MeanMinusStdSpec(Spec):
     type: Literal["mean_minus_std"] = "mean_minus_std"
     beta: float = Field(1.0, description="pessimism: mean - beta * std over members")
@@ -63,6 +72,21 @@ def ensemble_min_of_k(values: torch.Tensor, k: int = 2, generator: torch.Generat
         raise ValueError(f"min_of_k: k={k} exceeds the ensemble size {n}")
     idx = torch.randperm(n, generator=generator, device=values.device)[:k]
     return values.index_select(0, idx).amin(dim=0)
+
+
+@AGGREGATORS.register("mean_of_k", spec=MeanOfKSpec,
+                      help="mean over k members drawn without replacement per call (TD-MPC2's planner and policy)")
+def ensemble_mean_of_k(values: torch.Tensor, k: int = 2, generator: torch.Generator | None = None) -> torch.Tensor:
+    n = values.shape[0]
+    if k > n:
+        raise ValueError(f"mean_of_k: k={k} exceeds the ensemble size {n}")
+    idx = torch.randperm(n, generator=generator, device=values.device)[:k]
+    return values.index_select(0, idx).mean(dim=0)
+
+
+@AGGREGATORS.register("first", spec=FirstSpec, help="member 0 alone (TD3's actor loss uses Q1)")
+def ensemble_first(values: torch.Tensor) -> torch.Tensor:
+    return values[0]
 
 
 @AGGREGATORS.register("mean_minus_std", spec=MeanMinusStdSpec, help="mean - beta * std over members")

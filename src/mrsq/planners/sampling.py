@@ -208,8 +208,9 @@ class IterativeSamplingPlanner(Planner):
     def plan(self, model: PlanningModel, obs: torch.Tensor, first: bool = False,
              explore: bool = True) -> torch.Tensor:
         mean0 = self.initial_mean(first)
-        action, mean, sequence, policy_elites = self._search(model, obs.reshape(1, -1), mean0, explore)
+        action, mean, std, sequence, policy_elites = self._search(model, obs.reshape(1, -1), mean0, explore)
         self.mean.copy_(mean)
+        self.last_std = std.clone()  # [H, A]: the final refit std (TD-MPC2 explores with std[0])
         self.last_sequence = sequence.clone()  # [H, A]: the executed elite's whole sequence
         self.last_policy_elites = policy_elites.clone()  # []: final elites that are policy rollouts
         return action.clone()
@@ -218,7 +219,7 @@ class IterativeSamplingPlanner(Planner):
                explore: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One action's search from ``obs [1, obs]`` and the start ``mean [H, A]``.
 
-        Returns ``(action [A], final mean [H, A], executed elite's sequence [H, A], number of
+        Returns ``(action [A], final mean [H, A], final std [H, A], executed elite's sequence [H, A], number of
         the final elites that are policy rollouts [] (a diagnostic))``. Pure
         tensor code with no host synchronisation: compiled (and CUDA-graph captured) as a whole
         on GPUs."""
@@ -241,5 +242,5 @@ class IterativeSamplingPlanner(Planner):
             mean, std = weighted_stats(elite_actions, weights)
             std = std.clamp(self.min_std, self.max_std)
         chosen = self.choose(elite_actions, elite_values, weights, mean, explore)
-        return chosen[0], mean, chosen, (idx < p).sum()
+        return chosen[0], mean, std, chosen, (idx < p).sum()
 

@@ -18,6 +18,7 @@ class TanhPolicySpec(Spec):
     type: Literal["tanh"] = "tanh"
     hidden_dim: int = Field(512, ge=1)
     activation: Literal["relu", "elu", "gelu", "silu", "mish"] = "relu"
+    layer_norm: bool = Field(True, description="LN before each hidden activation (MR.Q: yes; TD3: no)")
     in_keys: list[str] = Field(default_factory=lambda: ["zs"])
     out_keys: list[str] = Field(default_factory=lambda: ["action", "pre_activation"])
 
@@ -26,14 +27,16 @@ class TanhPolicySpec(Spec):
 class TanhPolicy(nn.Module):
     """``zs [B, zs_dim] -> (action [B, A] in (-1, 1), pre-tanh activation [B, A])``.
 
-    MLP zs -> h -> h -> A with LN + ReLU on the hidden layers. The pre-activation is returned so
+    MLP zs -> h -> h -> A with LN (optional) + ReLU on the hidden layers. The pre-activation is returned so
     the policy loss can penalise it (MR.Q: 1e-5 * mean(pre^2)).
     """
+
+    stochastic = False  # no log-probs: agents with an entropy term (sac, tdmpc2) reject it
 
     def __init__(self, spec: TanhPolicySpec, input_dim: int, action_dim: int) -> None:
         super().__init__()
         self.spec = spec
-        self.net = MLP([input_dim, spec.hidden_dim, spec.hidden_dim, action_dim], spec.activation)
+        self.net = MLP([input_dim, spec.hidden_dim, spec.hidden_dim, action_dim], spec.activation, spec.layer_norm)
 
     def forward(self, zs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pre = self.net(zs)
