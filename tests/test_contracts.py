@@ -12,7 +12,7 @@ from torch import nn
 import mrsq.components  # noqa: F401  (registers every built-in component)
 from mrsq.critics.ensemble import EnsembleCritic, EnsembleCriticSpec
 from mrsq.policies.tanh import TanhPolicy, TanhPolicySpec
-from mrsq.registry import CRITICS, ENCODERS, POLICIES
+from mrsq.registry import AGENTS, CRITICS, ENCODERS, POLICIES
 from mrsq.testing import check_component
 
 
@@ -140,3 +140,28 @@ def test_check_catches_non_finite_outputs(monkeypatch):
 def test_broken_components_do_not_leak_into_the_registry():
     assert "test_skip_layer" not in POLICIES
     assert "test_wrong_shape" not in CRITICS
+
+
+@pytest.mark.parametrize("name", AGENTS.names(), ids=AGENTS.names())
+def test_agent_contract(name):
+    agent = check_component("agent", name)
+    assert isinstance(agent, AGENTS.get(name))
+
+
+@pytest.mark.parametrize("preset", ["mrsq", "mrq_mpc", "tdmpc2_ens10_min", "redq", "td3_ens10_min"])
+def test_agent_contract_presets(preset):
+    """Presets whose aggregators or planners differ from their agent's default."""
+    from mrsq import specs
+    spec = specs.load(preset)
+    data = {k: v for k, v in specs.to_dict(spec).items() if k in ("aggregators", "updates_per_step", "policy_delay")}
+    overrides = [f"{k}={v}" for k, v in _flatten(data)]
+    overrides += [f"critic.num_members={spec.critic.num_members}", f"planner.type={spec.planner.type}"]
+    check_component("agent", spec.type, overrides=tuple(overrides), steps=12)
+
+
+def _flatten(d, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _flatten(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from mrsq.envs.base import Env
-from mrsq.registry import CRITICS, ENCODERS, ENVS, POLICIES
+from mrsq.registry import AGENTS, CRITICS, ENCODERS, ENVS, POLICIES
 
 OBS_DIM, ACTION_DIM, BATCH = 7, 3, 5
 
@@ -87,11 +87,96 @@ def check_policy(name_or_spec, input_dim: int = 16, action_dim: int = ACTION_DIM
     return policy
 
 
-CHECKS = {"encoder": check_encoder, "critic": check_critic, "policy": check_policy}
+def _small_agent_spec(name_or_spec, overrides):
+    """A registered agent's default spec made tiny (widths 32, batch 16, planner 32 samples) for
+    a fast contract check; a spec object is used as given."""
+    import mrsq.components  # noqa: F401  (the built-in families, when only a user's module was imported)
+    from mrsq import specs
+
+    if not isinstance(name_or_spec, str):
+        return name_or_spec
+    data = {"type": name_or_spec, "batch_size": 16, "warmup_steps": 0, "compile": "off", "precision": "fp32"}
+    defaults = AGENTS.spec(name_or_spec)().model_dump()
+    for field, small in (("encoder", {"zs_dim": 32, "za_dim": 16, "zsa_dim": 32, "hidden_dim": 32}),
+                         ("critic", {"hidden_dim": 32}), ("policy", {"hidden_dim": 32})):
+        value = defaults.get(field)
+        if isinstance(value, dict) and "type" in value:
+            data[field] = {**value, **{k: v for k, v in small.items() if k in value}}
+    planner = defaults.get("planner") or {}
+    if "num_samples" in planner:
+        data["planner"] = {**planner, "num_samples": 32, "num_elites": 4, "num_policy_trajectories": 4,
+                           **({"iterations": 2} if "iterations" in planner else {})}
+    if "target_update_every" in defaults:
+        data["target_update_every"] = 5
+    return specs.validate(specs.apply_overrides(data, overrides), where=f"agent {name_or_spec}")
+
+
+def check_agent(name_or_spec, steps: int = 40, overrides: tuple[str, ...] = ()):
+    """The agent interface the training loop relies on (:mod:`mrsq.agents.base`), on
+    :class:`PointEnv` with a real replay: ``act`` gives finite actions in [-1, 1] of the right
+    shape, ``update`` returns finite scalar tensors named in ``METRICS`` and changes the weights,
+    ``value_estimate`` has the documented shapes, a model-free agent has no planning view, and
+    ``training_state`` restores an agent that acts identically. Returns the trained agent."""
+    from mrsq.agents.base import Agent
+    from mrsq.replay import LAPReplay
+
+    spec = _small_agent_spec(name_or_spec, overrides)
+    env = PointEnv(dim=ACTION_DIM, max_episode_steps=15, seed=0)
+    agent = AGENTS.get(spec.type)(spec, env.obs_dim, env.action_dim)
+    name = spec.type
+    assert isinstance(agent, Agent), f"{name}: must subclass mrsq.agents.Agent"
+    horizon = agent.replay_horizon
+    assert isinstance(horizon, int) and horizon >= 1, f"{name}: replay_horizon {horizon!r}"
+    if type(spec).MODEL_FREE:
+        assert agent.acting_view() is None, f"{name}: a model-free agent has no planning view"
+    replay = LAPReplay(env.obs_dim, env.action_dim, capacity=steps + 64, horizon=horizon, seed=0,
+                       prioritized=spec.replay.prioritized)
+    rng = np.random.default_rng(0)
+    obs = env.reset()
+    for _ in range(32):  # a little random data first, so every window length can be sampled
+        a = rng.uniform(-1, 1, env.action_dim).astype(np.float32)
+        nxt, r, term, trunc = env.step(a)
+        replay.add(obs, a, r, nxt, term, trunc)
+        obs = env.reset() if term or trunc else nxt
+    before = {k: v.detach().clone() for k, v in agent.state_dict().items()}
+    first = True
+    for _ in range(steps):
+        action = agent.act(obs, explore=True, first=first)
+        assert isinstance(action, np.ndarray) and action.shape == (env.action_dim,), f"{name}: action {action!r}"
+        assert np.isfinite(action).all() and (np.abs(action) <= 1).all(), f"{name}: action {action} leaves [-1, 1]"
+        nxt, r, term, trunc = env.step(action)
+        replay.add(obs, action, r, nxt, term, trunc)
+        obs, first = (env.reset(), True) if term or trunc else (nxt, False)
+        if first:
+            agent.planner.reset()
+        metrics = agent.update(replay)
+        unknown = set(metrics) - set(agent.METRICS)
+        assert not unknown, f"{name}: update returned {sorted(unknown)}, not in its METRICS {agent.METRICS}"
+        for k, v in metrics.items():
+            assert torch.is_tensor(v) and v.numel() == 1 and torch.isfinite(v).all(), f"{name}: metric {k} = {v!r}"
+    changed = [k for k, v in agent.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])]
+    assert changed, f"{name}: {steps} updates changed no weight"
+    q, std = agent.value_estimate(torch.randn(6, env.obs_dim), torch.rand(6, env.action_dim) * 2 - 1)
+    assert q.shape == (6,) and std.shape == (6,) and torch.isfinite(q).all(), f"{name}: value_estimate shapes"
+    assert agent.pop_divergence(explore=True) >= 0
+    # checkpoint round trip: a fresh agent loaded from training_state acts identically
+    clone = AGENTS.get(spec.type)(spec, env.obs_dim, env.action_dim)
+    clone.load_training_state(agent.training_state())
+    for k, v in agent.state_dict().items():
+        assert torch.equal(v, clone.state_dict()[k]), f"{name}: {k} differs after load_training_state"
+    torch.manual_seed(7)
+    a1 = agent.act(obs, explore=False, first=True)
+    torch.manual_seed(7)
+    a2 = clone.act(obs, explore=False, first=True)
+    np.testing.assert_allclose(a1, a2, atol=1e-6, err_msg=f"{name}: restored agent acts differently")
+    return agent
+
+
+CHECKS = {"encoder": check_encoder, "critic": check_critic, "policy": check_policy, "agent": check_agent}
 
 
 def check_component(family: str, name_or_spec, **kwargs):
-    """Run the contract check of ``family`` ('encoder', 'critic' or 'policy') on a component."""
+    """Run the contract check of ``family`` ('encoder', 'critic', 'policy' or 'agent') on a component."""
     if family not in CHECKS:
         raise ValueError(f"no contract check for family {family!r} (have: {', '.join(CHECKS)})")
     return CHECKS[family](name_or_spec, **kwargs)

@@ -119,6 +119,19 @@ def test_show_errors_in_process(mrsq_main):
     assert_one_line_error(err, "unknown preset 'mrq_smal'; did you mean 'mrq_small'?")
 
 
+def test_every_agent_is_listed_and_model_free_ones_refuse_search(mrsq_main):
+    code, out, _ = mrsq_main("list", "agent")
+    assert code == 0 and [line.split()[0] for line in out.splitlines()[1:]] == ["mrq", "sac", "td3", "tdmpc2"]
+    code, out, _ = mrsq_main("list", "policy")
+    assert "  tanh_gaussian " in out
+    for preset in ("td3", "redq"):
+        code, out, err = mrsq_main("train", preset, "--set", "planner.type=mppi", "--out", "/nonexistent/x")
+        assert code == 2 and out == ""
+        assert_one_line_error(err, "planner: ", "is model-free", "'mppi'")
+    code, out, _ = mrsq_main("show", "tdmpc2", "--set", "planner.type=cem")
+    assert code == 0 and "type: cem" in out
+
+
 @pytest.mark.parametrize("override, fragments", [
     ("critic.num_memberz=5", ["critic.num_memberz: unknown field", "did you mean 'num_members'?", "(allowed: "]),
     ("critic.type=nope", ["critic: unknown critic 'nope'", "(known: ensemble"]),
