@@ -51,10 +51,11 @@ class Spec(BaseModel):
                 continue
             default = field.default_factory()
             if any(isinstance(m, _Component) for m in field.metadata):
-                if "type" not in value and isinstance(default, dict) and "type" in default:
-                    data = {**data, name: {**default, **value}}
+                # the same type as the default (or none given): merge, as `extends` does
+                if isinstance(default, dict) and value.get("type", default.get("type")) == default.get("type"):
+                    data = {**data, name: deep_merge(default, value)}
             elif isinstance(default, BaseModel):
-                data = {**data, name: {**default.model_dump(exclude_unset=False), **value}}
+                data = {**data, name: deep_merge(default.model_dump(), value)}
         return data
 
 

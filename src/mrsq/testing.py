@@ -104,8 +104,8 @@ def _small_agent_spec(name_or_spec, overrides):
             data[field] = {**value, **{k: v for k, v in small.items() if k in value}}
     planner = defaults.get("planner") or {}
     if "num_samples" in planner:
-        data["planner"] = {**planner, "num_samples": 32, "num_elites": 4, "num_policy_trajectories": 4,
-                           **({"iterations": 2} if "iterations" in planner else {})}
+        small = {"num_samples": 32, "num_elites": 4, "num_policy_trajectories": 4, "iterations": 2}
+        data["planner"] = {**planner, **{k: v for k, v in small.items() if k in planner}}
     if "target_update_every" in defaults:
         data["target_update_every"] = 5
     return specs.validate(specs.apply_overrides(data, overrides), where=f"agent {name_or_spec}")

@@ -38,8 +38,8 @@ class TwoHot(nn.Module):
         return out
 
     def decode(self, logits: torch.Tensor) -> torch.Tensor:
-        """``[..., num_bins] -> [..., 1]``."""
-        return torch.softmax(logits, dim=-1) @ self.bins.unsqueeze(-1)
+        """``[..., num_bins] -> [..., 1]``, in fp32 also under bf16 autocast (a matmul would run in bf16)."""
+        return (torch.softmax(logits.float(), dim=-1) * self.bins).sum(-1, keepdim=True)
 
     def cross_entropy(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``-sum(twohot(x) * log_softmax(logits))``, shape of ``x``."""
@@ -69,8 +69,8 @@ class SymlogTwoHot(nn.Module):
         return out
 
     def decode(self, logits: torch.Tensor) -> torch.Tensor:
-        """``[..., num_bins] -> [..., 1]``."""
-        return symexp(torch.softmax(logits, dim=-1) @ self.bins.unsqueeze(-1))
+        """``[..., num_bins] -> [..., 1]``, in fp32 also under bf16 autocast (a matmul would run in bf16)."""
+        return symexp((torch.softmax(logits.float(), dim=-1) * self.bins).sum(-1, keepdim=True))
 
     def cross_entropy(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``-sum(twohot(x) * log_softmax(logits))``, shape of ``x``."""

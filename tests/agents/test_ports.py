@@ -116,11 +116,11 @@ def test_tdmpc2_model_loss_trains_model_and_critics_not_the_policy():
 def test_tdmpc2_policy_loss_trains_only_the_policy():
     agent, replay = agent_for("tdmpc2")
     b = replay.sample(16, horizon=agent.spec.horizon)
-    *_, latents, _ = agent.model_loss_terms(b.obs, b.action, b.reward, b.next_obs, b.terminated)
+    *_, latents, _, alive = agent.model_loss_terms(b.obs, b.action, b.reward, b.next_obs, b.terminated)
     from mrsq.agents.base import frozen
 
     with frozen(agent.critic):
-        loss, *_ = agent.policy_loss_terms(latents.detach())
+        loss, *_ = agent.policy_loss_terms(latents.detach(), alive)
         assert_grads(agent, loss, ("policy",), ("critic", "encoder", "critic_target"))
 
 
@@ -179,9 +179,37 @@ def test_tdmpc2_soft_updates_the_target_critics():
     torch.testing.assert_close(_flat(agent.critic_target), torch.lerp(t0, _flat(agent.critic), agent.spec.tau))
 
 
+def test_tdmpc2_plans_with_separately_sampled_policy_rollouts():
+    """TD-MPC2 rolls out its stochastic policy once per policy trajectory (24 different plans);
+    a deterministic policy without noise gives one rollout that stands for all of them."""
+    agent, _ = agent_for("tdmpc2", "planner.num_policy_trajectories=6", "planner.iterations=1")
+    obs = torch.zeros(1, agent.obs_dim)
+    seen = []
+    original = agent.planner._policy_rollout
+
+    def spy(model, z0, horizon, noise):
+        actions, values = original(model, z0, horizon, noise)
+        seen.append(actions)
+        return actions, values
+
+    agent.planner._policy_rollout = spy
+    agent.act(obs.numpy()[0], explore=True, first=True)
+    assert seen[-1].shape[0] == 6 and not torch.allclose(seen[-1][0], seen[-1][1])
+
+
+def test_tdmpc2_state_encoder_learns_at_the_scaled_rate():
+    agent, _ = agent_for("tdmpc2")
+    groups = agent.model_optim.param_groups
+    assert groups[0]["lr"] == pytest.approx(3e-4 * 0.3) and groups[1]["lr"] == pytest.approx(3e-4)
+    encoder_f = {id(p) for p in agent.encoder.f.parameters()}
+    assert {id(p) for p in groups[0]["params"]} == encoder_f | {id(p) for p in agent.encoder.zs_norm.parameters()}
+    assert {id(p) for p in agent.encoder.g.parameters()} <= {id(p) for p in groups[1]["params"]}
+
+
 def test_tdmpc2_first_update_runs_the_pretraining_burst():
     """TD-MPC2 does one update per seed transition when seeding ends, then one per step."""
     agent, replay = agent_for("tdmpc2")
+    agent.training_steps = 0  # as in a real run (agent_for's prepare() marks the burst done, as benches need)
     param = next(agent.critic.parameters())
     agent.update(replay)
     assert int(agent.model_optim.state[param]["step"]) == replay.size
@@ -215,6 +243,14 @@ def test_partial_mappings_keep_the_agents_defaults():
     assert spec.critic.num_members == 5 and spec.critic.hidden_dim == 256 and spec.critic.layer_norm is False
     spec = specs.validate({"type": "tdmpc2", "aggregators": {"target": "min"}, "replay": {"capacity": 10}})
     assert spec.aggregators.planner.type == "mean_of_k" and spec.replay.prioritized is False
+    # the same type stated explicitly merges too; nested partial mappings merge field by field
+    spec = specs.validate({"type": "td3", "critic": {"type": "ensemble", "num_members": 10}})
+    assert (spec.critic.num_members, spec.critic.hidden_dim, spec.critic.activation) == (10, 256, "relu")
+    spec = specs.validate({"type": "tdmpc2", "aggregators": {"target": {"k": 3}}})
+    assert (spec.aggregators.target.type, spec.aggregators.target.k) == ("min_of_k", 3)
+    # another type replaces the default mapping
+    spec = specs.validate({"type": "td3", "critic": {"type": "twohot_ensemble"}})
+    assert spec.critic.hidden_dim == 512 and spec.critic.num_bins == 101
 
 
 def test_published_settings():

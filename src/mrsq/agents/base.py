@@ -204,8 +204,9 @@ class Agent(nn.Module):
         else:
             action = self.planner.plan(view, obs_t, first=first, explore=explore).float()
             # Policy-vs-search divergence (the paper's Figure 4): the planner's action against
-            # pi(s) from the same acting networks, before exploration noise; for the `policy`
-            # planner it is the same forward twice, so exactly 0. Accumulated on the device.
+            # the agent's deterministic pi(s) from the same acting networks, before exploration
+            # noise (for MR.Q's `policy` planner the same forward twice, so exactly 0; a stochastic
+            # policy that samples while training differs from its mean). Accumulated on the device.
             self.divergence_sums[i] += (action - self.reference_action(view, obs_t)).square().mean()
         self._divergence_counts[i] += 1
         if explore:

@@ -149,6 +149,10 @@ class _View:
     def episodic(self) -> bool:
         return self.agent.env_terminates
 
+    @property
+    def stochastic_policy(self) -> bool:
+        return self.sample
+
     def encode(self, obs):
         return self.agent.encoder.zs(obs)
 
@@ -183,9 +187,14 @@ class TDMPC2(Agent):
         self.policy_aggregate = build_aggregator(spec.aggregators.policy)
         self.planner_aggregate = build_aggregator(spec.aggregators.planner)
         o = spec.optim
+        # TD-MPC2 scales the learning rate of its state encoder only: here f (obs -> zs) and the
+        # output norm of zs; the dynamics/reward/termination trunk and the critics use the full lr
+        encoder_ids = {id(p) for p in self.encoder.f.parameters()}
+        encoder_ids |= {id(p) for p in getattr(self.encoder, "zs_norm", nn.Identity()).parameters()}
+        state_encoder = [p for p in self.encoder.parameters() if id(p) in encoder_ids]
+        model = [p for p in self.encoder.parameters() if id(p) not in encoder_ids] + list(self.critic.parameters())
         self.model_optim = torch.optim.Adam(
-            [{"params": self.encoder.parameters(), "lr": o.lr * o.encoder_lr_scale},
-             {"params": self.critic.parameters()}], lr=o.lr, fused=o.fused)
+            [{"params": state_encoder, "lr": o.lr * o.encoder_lr_scale}, {"params": model}], lr=o.lr, fused=o.fused)
         self.policy_optim = torch.optim.Adam(self.policy.parameters(), lr=o.lr, eps=o.policy_eps, fused=o.fused)
         self.q_scale = _RunningScale(spec.scale_tau)
         h, rho = spec.horizon, spec.losses.rho
@@ -279,10 +288,11 @@ class TDMPC2(Agent):
             term = (bce * alive).sum() / alive.sum().clamp(min=1)  # a plain mean, no rho (TD-MPC2)
         loss = L.consistency * consistency + L.reward * rew + L.value * value + L.termination * term
         q_mean = self.critic.two_hot.decode(logits.detach().float()).mean()
-        return loss, consistency, rew, value, term, torch.stack(latents, 0), q_mean
+        return loss, consistency, rew, value, term, torch.stack(latents, 0), q_mean, alive
 
-    def policy_loss_terms(self, latents: torch.Tensor):
-        """``latents [H+1, B, Z]`` (detached) -> ``(loss, entropy, q spread of this batch)``."""
+    def policy_loss_terms(self, latents: torch.Tensor, alive: torch.Tensor):
+        """``latents [H+1, B, Z]`` (detached), ``alive [B, H]`` (steps before any termination) ->
+        ``(loss, entropy, q spread of this batch)``; latents after a termination do not count."""
         H1, B = latents.shape[:2]
         z = latents.reshape(H1 * B, -1)
         # TD-MPC2's "scaled entropy" is, up to a factor that cancels, -A x the Gaussian log-prob of
@@ -292,7 +302,10 @@ class TDMPC2(Agent):
         spread = torch.quantile(q[0].detach(), 0.95) - torch.quantile(q[0].detach(), 0.05)
         scaled = q / self.q_scale.value(spread)
         scaled_log_prob = gaussian_log_prob.float().reshape(H1, B) * self.action_dim
-        per_step = (self.spec.losses.entropy * scaled_log_prob - scaled).mean(1)  # [H+1]
+        # [H+1, B]: z_0, and z_{t+1} while no transition before t terminated (a terminal state's own
+        # latent counts, as in TD-MPC2's within-episode slices; nothing after it does)
+        mask = torch.cat([alive.new_ones(B, 1), alive], 1).T
+        per_step = ((self.spec.losses.entropy * scaled_log_prob - scaled) * mask).mean(1)  # [H+1]
         loss = (per_step * self.rho[:H1]).mean()
         return loss, -gaussian_log_prob.detach().mean(), spread
 
@@ -307,11 +320,11 @@ class TDMPC2(Agent):
     def _update_once(self, replay) -> dict[str, torch.Tensor]:
         s = self.spec
         batch = replay.sample(s.batch_size, horizon=s.horizon).to(self.device)
-        loss, (cons, rew, value, term, latents, q_mean), norm = self.optimize(
+        loss, (cons, rew, value, term, latents, q_mean, alive), norm = self.optimize(
             self.compiled_model_loss, self.model_optim, batch.obs, batch.action, batch.reward, batch.next_obs,
             batch.terminated, clip=(list(self.encoder.parameters()) + list(self.critic.parameters()), s.optim.grad_clip))
         with frozen(self.critic):
-            pi_loss, (entropy, spread), _ = self.optimize(self.compiled_policy_loss, self.policy_optim, latents.detach(),
+            pi_loss, (entropy, spread), _ = self.optimize(self.compiled_policy_loss, self.policy_optim, latents.detach(), alive,
                                                           clip=(self.policy.parameters(), s.optim.grad_clip))
         self.q_scale.update(spread)
         soft_update_(self.critic_target, self.critic, s.tau)

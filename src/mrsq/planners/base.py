@@ -20,6 +20,8 @@ class PlanningModel(Protocol):
     action_dim: int
     discount: float
     episodic: bool  # whether to weight by predicted survival (1 - termination)
+    # optional: ``stochastic_policy = True`` when ``policy`` samples (the planner then rolls out
+    # each policy trajectory separately instead of one standing for all)
 
     def encode(self, obs: torch.Tensor) -> torch.Tensor:
         """``[B, obs] -> z [B, Z]``."""

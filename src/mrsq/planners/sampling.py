@@ -230,7 +230,10 @@ class IterativeSamplingPlanner(Planner):
         values = mean.new_empty(n, 1)
         if p > 0:
             noise = policy_noise(self.policy_noise_std, p, h, self.action_dim, mean.device, mean.dtype)
-            pi_actions, pi_value = self._policy_rollout(model, z0, h, noise)
+            # a stochastic policy (TD-MPC2's) gives p different rollouts; a deterministic one without
+            # noise gives one rollout that stands for all p
+            stochastic = noise is None and getattr(model, "stochastic_policy", False)
+            pi_actions, pi_value = self._policy_rollout(model, z0.expand(p, -1) if stochastic else z0, h, noise)
             actions[:p] = pi_actions
             values[:p] = pi_value
         for _ in range(self.iterations):

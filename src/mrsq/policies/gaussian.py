@@ -68,6 +68,7 @@ class TanhGaussianPolicy(nn.Module):
         ``squash_correction`` the log-prob is that of ``u`` under the Gaussian (what TD-MPC2's
         entropy term effectively uses)."""
         mean, log_std = self.mean_log_std(zs)
+        mean, log_std = mean.float(), log_std.float()  # log-probs in fp32 also under bf16 autocast
         eps = torch.randn_like(mean)
         u = mean + eps * log_std.exp()
         gaussian = (-0.5 * eps.square() - log_std - 0.5 * _LOG_2PI).sum(-1, keepdim=True)
