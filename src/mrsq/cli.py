@@ -242,8 +242,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _stop_cleanly_on_signals() -> None:
+    """Ctrl-C (SIGINT) and SIGTERM (``kill``, schedulers) both stop a run cleanly: checkpoint
+    written, CSVs complete. A process started in the background by a non-interactive shell
+    inherits SIGINT *ignored*, and SIGTERM would kill it mid-write, so both are set here."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "train":
+        _stop_cleanly_on_signals()
     try:
         return args.func(args)
     except _user_errors() as exc:

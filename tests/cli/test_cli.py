@@ -297,13 +297,16 @@ def test_train_then_eval_subprocess(mrsq_subprocess, tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_cleanly(tmp_path, mrsq_env):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_stops_cleanly(tmp_path, mrsq_env, sig):
     out_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "mrsq.cli", *TRAIN_ARGS, "--steps", "5000", "--eval-every", "200",
            "--set", "train.log_every=50", "--out", str(out_dir)]
     stdout, stderr = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     with stdout.open("w") as out_f, stderr.open("w") as err_f:
-        proc = subprocess.Popen(cmd, cwd=tmp_path, env=mrsq_env, stdout=out_f, stderr=err_f)
+        # SIGINT ignored in the child, as for a run started with `nohup ... &` from a script
+        ignore = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=mrsq_env, stdout=out_f, stderr=err_f, preexec_fn=ignore)
         try:
             deadline = time.monotonic() + 120
             train_csv = out_dir / "train.csv"
@@ -315,7 +318,7 @@ def test_ctrl_c_stops_cleanly(tmp_path, mrsq_env):
             assert proc.poll() is None, f"training ended early:\n{stderr.read_text()}"
             assert train_csv.exists() and len(train_csv.read_text().splitlines()) >= 3, "no train.csv rows in time"
             time.sleep(0.5)
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(sig)
             code = proc.wait(timeout=120)
         finally:
             if proc.poll() is None:
