@@ -15,6 +15,19 @@ def symexp(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.expm1(x.abs())
 
 
+def two_hot(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    """``x [...]`` -> ``[..., len(bins)]``: weight on the two ascending ``bins`` around x, linear in
+    the distance (values beyond the ends go to the end bin)."""
+    x = x.clamp(bins[0], bins[-1])
+    low = (torch.searchsorted(bins, x.contiguous(), right=True) - 1).clamp(0, bins.numel() - 2)
+    lo, hi = bins[low], bins[low + 1]
+    w_hi = ((x - lo) / (hi - lo)).clamp(0, 1).unsqueeze(-1)
+    out = torch.zeros(*x.shape, bins.numel(), dtype=x.dtype, device=x.device)
+    out.scatter_(-1, low.unsqueeze(-1), 1 - w_hi)
+    out.scatter_add_(-1, low.unsqueeze(-1) + 1, w_hi)
+    return out
+
+
 class TwoHot(nn.Module):
     """``num_bins`` bins evenly spaced in [lower, upper] in symlog space, stored symexp'd.
 
@@ -27,15 +40,7 @@ class TwoHot(nn.Module):
         self.register_buffer("bins", symexp(torch.linspace(lower, upper, num_bins)), persistent=False)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        bins = self.bins
-        x = x.clamp(bins[0], bins[-1])
-        low = (torch.searchsorted(bins, x.contiguous(), right=True) - 1).clamp(0, bins.numel() - 2)
-        lo, hi = bins[low], bins[low + 1]
-        w_hi = ((x - lo) / (hi - lo)).clamp(0, 1).unsqueeze(-1)
-        out = torch.zeros(*x.shape, bins.numel(), dtype=x.dtype, device=x.device)
-        out.scatter_(-1, low.unsqueeze(-1), 1 - w_hi)
-        out.scatter_add_(-1, low.unsqueeze(-1) + 1, w_hi)
-        return out
+        return two_hot(x, self.bins)
 
     def decode(self, logits: torch.Tensor) -> torch.Tensor:
         """``[..., num_bins] -> [..., 1]``, in fp32 also under bf16 autocast (a matmul would run in bf16)."""
@@ -58,15 +63,7 @@ class SymlogTwoHot(nn.Module):
         self.register_buffer("bins", torch.linspace(lower, upper, num_bins), persistent=False)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        bins = self.bins
-        x = symlog(x).clamp(bins[0], bins[-1])
-        low = (torch.searchsorted(bins, x.contiguous(), right=True) - 1).clamp(0, bins.numel() - 2)
-        lo, hi = bins[low], bins[low + 1]
-        w_hi = ((x - lo) / (hi - lo)).clamp(0, 1).unsqueeze(-1)
-        out = torch.zeros(*x.shape, bins.numel(), dtype=x.dtype, device=x.device)
-        out.scatter_(-1, low.unsqueeze(-1), 1 - w_hi)
-        out.scatter_add_(-1, low.unsqueeze(-1) + 1, w_hi)
-        return out
+        return two_hot(symlog(x), self.bins)
 
     def decode(self, logits: torch.Tensor) -> torch.Tensor:
         """``[..., num_bins] -> [..., 1]``, in fp32 also under bf16 autocast (a matmul would run in bf16)."""

@@ -89,6 +89,15 @@ class AgentSpec(Spec):
         return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
+def require(registry, spec, capability: str, why: str):
+    """A spec validator's check that the component ``spec`` names has the class attribute
+    ``capability`` set (``stochastic`` policies, ``distributional`` critics); ``why`` ends the
+    error message."""
+    if not getattr(registry.get(spec.type), capability, False):
+        raise ValueError(f"{spec.type!r} {why}")
+    return spec
+
+
 @contextlib.contextmanager
 def frozen(*modules: nn.Module):
     """Temporarily stop weight-gradient computation for ``modules`` (inputs still get grads)."""

@@ -21,6 +21,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
+from mrsq.agents.base import require
 from mrsq.agents.model_free import ModelFreeAgent, ModelFreeSpec
 from mrsq.agents.spec import AggregatorChoice
 from mrsq.registry import AGENTS, CRITICS, POLICIES
@@ -46,10 +47,8 @@ class SACSpec(ModelFreeSpec):
     @field_validator("policy")
     @classmethod
     def _stochastic(cls, policy):
-        if not getattr(POLICIES.get(policy.type), "stochastic", False):
-            raise ValueError(f"{policy.type!r} has no log-probabilities; SAC's entropy term needs a stochastic "
-                             f"policy such as 'tanh_gaussian'")
-        return policy
+        return require(POLICIES, policy, "stochastic", "has no log-probabilities; SAC's entropy term needs a "
+                                                         "stochastic policy such as 'tanh_gaussian'")
 
 
 class _Temperature(nn.Module):

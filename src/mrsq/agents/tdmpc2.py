@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
-from mrsq.agents.base import Agent, AgentSpec, alive_before, frozen
+from mrsq.agents.base import Agent, AgentSpec, alive_before, frozen, require
 from mrsq.agents.spec import AggregatorChoice, ReplaySpec, Section
 from mrsq.compile import Compiled
 from mrsq.critics.aggregators import build_aggregator
@@ -121,18 +121,14 @@ class TDMPC2Spec(AgentSpec):
     @field_validator("critic")
     @classmethod
     def _distributional(cls, critic):
-        if not getattr(CRITICS.get(critic.type), "distributional", False):
-            raise ValueError(f"{critic.type!r} regresses a scalar; TD-MPC2's value loss needs a two-hot critic "
-                             f"such as 'twohot_ensemble'")
-        return critic
+        return require(CRITICS, critic, "distributional", "regresses a scalar; TD-MPC2's value loss needs a "
+                                                           "two-hot critic such as 'twohot_ensemble'")
 
     @field_validator("policy")
     @classmethod
     def _stochastic(cls, policy):
-        if not getattr(POLICIES.get(policy.type), "stochastic", False):
-            raise ValueError(f"{policy.type!r} has no log-probabilities; TD-MPC2's entropy bonus needs a "
-                             f"stochastic policy such as 'tanh_gaussian'")
-        return policy
+        return require(POLICIES, policy, "stochastic", "has no log-probabilities; TD-MPC2's entropy bonus needs a "
+                                                         "stochastic policy such as 'tanh_gaussian'")
 
 
 class _View:

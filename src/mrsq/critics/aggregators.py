@@ -67,21 +67,22 @@ def ensemble_max(values: torch.Tensor) -> torch.Tensor:
 
 @AGGREGATORS.register("min_of_k", spec=MinOfKSpec, help="min over k members drawn without replacement per call")
 def ensemble_min_of_k(values: torch.Tensor, k: int = 2, generator: torch.Generator | None = None) -> torch.Tensor:
-    n = values.shape[0]
-    if k > n:
-        raise ValueError(f"min_of_k: k={k} exceeds the ensemble size {n}")
-    idx = torch.randperm(n, generator=generator, device=values.device)[:k]
-    return values.index_select(0, idx).amin(dim=0)
+    return _draw_k(values, k, generator, "min_of_k").amin(dim=0)
 
 
 @AGGREGATORS.register("mean_of_k", spec=MeanOfKSpec,
                       help="mean over k members drawn without replacement per call (TD-MPC2's planner and policy)")
 def ensemble_mean_of_k(values: torch.Tensor, k: int = 2, generator: torch.Generator | None = None) -> torch.Tensor:
+    return _draw_k(values, k, generator, "mean_of_k").mean(dim=0)
+
+
+def _draw_k(values: torch.Tensor, k: int, generator: torch.Generator | None, name: str) -> torch.Tensor:
+    """``k`` members of ``values [N, ...]`` drawn without replacement -> ``[k, ...]``."""
     n = values.shape[0]
     if k > n:
-        raise ValueError(f"mean_of_k: k={k} exceeds the ensemble size {n}")
+        raise ValueError(f"{name}: k={k} exceeds the ensemble size {n}")
     idx = torch.randperm(n, generator=generator, device=values.device)[:k]
-    return values.index_select(0, idx).mean(dim=0)
+    return values.index_select(0, idx)
 
 
 @AGGREGATORS.register("first", spec=FirstSpec, help="member 0 alone (TD3's actor loss uses Q1)")
