@@ -107,6 +107,9 @@ class ModelFreeAgent(Agent):
         self.register_buffer("gammas", spec.discount ** torch.arange(n, dtype=torch.float32), persistent=False)
         self.bootstrap_discount = spec.discount ** n
         self.critic_clip = o.critic_grad_clip
+        # the critic loss trains the critic and the optional encoder: one step over both, built once
+        self._critic_optim = _Joint([self.critic_optim] + ([self.encoder_optim] if self.encoder is not None else []))
+        self._critic_params = critic_params + (list(self.encoder.parameters()) if self.encoder is not None else [])
         self.critic_updates = 0
         r = self.runtime
         self.compiled_critic_loss = Compiled(self.critic_loss_terms, r, "critic loss")
@@ -156,11 +159,9 @@ class ModelFreeAgent(Agent):
         return loss, q, target, features
 
     def critic_step(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-        optims = [self.critic_optim] + ([self.encoder_optim] if self.encoder is not None else [])
-        params = list(self.critic.parameters()) + (list(self.encoder.parameters()) if self.encoder else [])
-        clip = (params, self.critic_clip) if self.critic_clip else None
+        clip = (self._critic_params, self.critic_clip) if self.critic_clip else None
         loss, (q, target, features), norm = self.optimize(
-            self.compiled_critic_loss, _Joint(optims), batch.obs[:, 0], batch.action[:, 0], batch.reward,
+            self.compiled_critic_loss, self._critic_optim, batch.obs[:, 0], batch.action[:, 0], batch.reward,
             batch.terminated, batch.next_obs[:, -1], self.target_noise(batch.reward.shape[0]), clip=clip)
         td_error = (q.detach() - target).abs().amax(0).reshape(-1)
         metrics = {"critic/loss": loss.detach(), "critic/q_mean": q.detach().mean()}
