@@ -10,6 +10,10 @@ update and the rest (acting, env step, replay add).
 agent's planner, env step, replay add, critic + policy update, the encoder burst amortised).
 ``mrsq bench critics``: critic-update cost against ensemble size.
 ``mrsq bench scaling``: plan and update time against their sizes, each beside its FLOP ratio.
+``mrsq bench checkpoint``: the cost of resumable checkpoints with a full replay buffer (ms per
+checkpoint: the first, which writes every stored transition, and an incremental one after one
+evaluation interval; MB on disk; resume load time), at each of ``--transitions``. Its floor is
+the disk: the bytes written over the write bandwidth measured in the same run.
 ``mrsq bench all``: all of the above into one JSON file (``--out``) and markdown tables.
 
 Every bench runs with the runtime the spec resolves to on this machine (precision and compile,
@@ -356,6 +360,8 @@ def bench_all(args) -> dict:
 
 # ---------------------------------------------------------------------------------- output
 def format_table(result: dict) -> str:
+    if result["benchmark"] == "checkpoint":
+        return format_checkpoint(result)
     if result["benchmark"] == "all":
         return markdown(result)
     lines = [f"mrsq bench {result['benchmark']}: preset {result['preset']}, env {result['env']}, "
@@ -414,7 +420,106 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-BENCHES = {"train": bench_train, "plan": bench_plan, "loop": bench_loop, "critics": bench_critics,
+def _disk_write_mb_per_s(folder: Path, mb: int = 256) -> float:
+    """Sequential write bandwidth of ``folder``'s disk, fsynced (the floor of a checkpoint)."""
+    path = folder / "bandwidth.tmp"
+    block = np.random.default_rng(0).bytes(1 << 20)
+    start = time.perf_counter()
+    with open(path, "wb") as f:
+        for _ in range(mb):
+            f.write(block)
+        f.flush()
+        import os
+
+        os.fsync(f.fileno())
+    seconds = time.perf_counter() - start
+    path.unlink()
+    return mb / seconds
+
+
+def bench_checkpoint(args) -> dict:
+    """Checkpoint write/load figures with the replay filled to each size in ``--transitions``."""
+    import shutil
+    import tempfile
+
+    from mrsq import specs
+    from mrsq.replay import store
+    from mrsq.training.checkpoint import CHECKPOINT
+    from mrsq.training.loop import Trainer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sizes = [int(x) for x in str(args.transitions).split(",")]
+    root = Path(tempfile.mkdtemp(prefix="mrsq-bench-checkpoint-", dir=args.dir or "."))
+    rows = []
+    try:
+        bandwidth = _disk_write_mb_per_s(root)
+        for n in sizes:
+            spec = specs.load(args.preset, [*args.overrides, f"train.env={args.env}", f"train.steps={n + args.new}"])
+            out = root / f"run{n}"
+            trainer = Trainer(spec, out, progress=False)
+            out.mkdir(parents=True)
+            trainer._start = time.perf_counter()
+            replay, rng = trainer.replay, np.random.default_rng(0)
+            obs_dim, action_dim = trainer.env.obs_dim, trainer.env.action_dim
+
+            def add(count: int) -> None:
+                obs = rng.normal(size=obs_dim).astype(np.float32)
+                for i in range(count):  # environment-like rows: episodes of 500 steps
+                    nxt = rng.normal(size=obs_dim).astype(np.float32)
+                    end = (replay.num_added + 1) % 500 == 0
+                    replay.add(obs, rng.uniform(-1, 1, action_dim), 0.5, nxt, False, end)
+                    obs = rng.normal(size=obs_dim).astype(np.float32) if end else nxt
+
+            add(n)
+            replay.update_priority(torch.arange(min(n, 4096)), torch.rand(min(n, 4096)))
+            t0 = time.perf_counter()
+            trainer._checkpoint("running")
+            first_ms = (time.perf_counter() - t0) * 1e3
+            first_mb = (store.disk_bytes(out / store.FOLDER) + (out / CHECKPOINT).stat().st_size) / 2**20
+            add(args.new)
+            t0 = time.perf_counter()
+            trainer._checkpoint("running")
+            incremental_ms = (time.perf_counter() - t0) * 1e3
+            t0 = time.perf_counter()
+            trainer._checkpoint("running")  # nothing new: agent, RNGs and replay bookkeeping only
+            no_new_ms = (time.perf_counter() - t0) * 1e3
+            checkpoint_mb = (out / CHECKPOINT).stat().st_size / 2**20
+            replay_mb = store.disk_bytes(out / store.FOLDER) / 2**20
+            memory_mb = 4 * replay.size * (2 * obs_dim + action_dim + 3) / 2**20
+            t0 = time.perf_counter()
+            Trainer.resume(out, progress=False, warn=lambda line: None)
+            load_ms = (time.perf_counter() - t0) * 1e3
+            written_first = first_mb
+            rows.append({"transitions": n, "first_ms": first_ms, "first_mb": first_mb,
+                         "first_floor_ms": written_first / bandwidth * 1e3,
+                         "incremental_new": args.new, "incremental_ms": incremental_ms,
+                         "no_new_ms": no_new_ms, "checkpoint_mb": checkpoint_mb, "replay_mb": replay_mb,
+                         "replay_memory_mb": memory_mb, "resume_load_ms": load_ms})
+            shutil.rmtree(out)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    from mrsq.runtime import resolve
+
+    runtime = resolve("fp32", "off", "cpu")
+    return {"benchmark": "checkpoint", "preset": args.preset, "env": args.env, "threads": torch.get_num_threads(),
+            "device": runtime.device_name, "disk_write_mb_per_s": bandwidth, "rows": rows}
+
+
+def format_checkpoint(result: dict) -> str:
+    lines = [f"mrsq bench checkpoint: preset {result['preset']}, env {result['env']}, {result['device']}, "
+             f"disk {result['disk_write_mb_per_s']:.0f} MB/s (fsynced sequential write, measured now)",
+             f"{'transitions':>12}{'first ms':>10}{'first MB':>10}{'floor ms':>10}{'+new':>8}{'incr ms':>9}"
+             f"{'none ms':>9}{'ckpt MB':>9}{'replay MB':>11}{'in RAM MB':>11}{'load ms':>9}"]
+    for r in result["rows"]:
+        lines.append(f"{r['transitions']:>12}{r['first_ms']:>10.0f}{r['first_mb']:>10.1f}{r['first_floor_ms']:>10.0f}"
+                     f"{r['incremental_new']:>8}{r['incremental_ms']:>9.0f}{r['no_new_ms']:>9.0f}"
+                     f"{r['checkpoint_mb']:>9.1f}{r['replay_mb']:>11.1f}{r['replay_memory_mb']:>11.1f}"
+                     f"{r['resume_load_ms']:>9.0f}")
+    return "\n".join(lines)
+
+
+BENCHES = {"checkpoint": bench_checkpoint, "train": bench_train, "plan": bench_plan, "loop": bench_loop, "critics": bench_critics,
            "scaling": bench_scaling, "all": bench_all}
 
 

@@ -27,12 +27,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from mrsq.runs import RunFolderError
     from mrsq.specs import SpecError
     from mrsq.training.checkpoint import CheckpointError
+    from mrsq.training.loop import ResumeError
+    from mrsq.replay.store import ReplayStoreError
 
-    return (UsageError, SpecError, RegistryError, EnvError, CheckpointError, RunFolderError)
+    return (UsageError, SpecError, RegistryError, EnvError, CheckpointError, RunFolderError, ResumeError,
+            ReplayStoreError)
 
 
-def _add_spec_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", help="preset name (see `mrsq list preset`) or path to a YAML spec")
+def _add_spec_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
+    p.add_argument("source", nargs="?" if optional else None,
+                   help="preset name (see `mrsq list preset`) or path to a YAML spec")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec field, e.g. --set critic.num_members=5 (repeatable)")
     p.add_argument("--env", help="environment id, e.g. dmc:cheetah-run or gym:Hopper-v5 (train.env)")
@@ -58,29 +62,61 @@ def _load_spec(args):
     return specs.load(args.source, overrides)
 
 
+EXIT_DIVERGED = 3  # a non-finite loss or parameter stopped the run (retrying would diverge again)
+
+
 def cmd_train(args) -> int:
     from mrsq.envs import parse_env_id
     from mrsq.training import Trainer
+    from mrsq.training.loop import NonFiniteError
 
-    spec = _load_spec(args)
-    parse_env_id(spec.train.env)
-    out = Path(args.out) if args.out else _default_out(args.source, spec)
-    if (out / "checkpoint.pt").exists() or (out / "eval.csv").exists():
-        raise UsageError(f"--out {out}: already holds a run; choose another folder (nothing was overwritten)")
-    trainer = Trainer(spec, out, progress=not args.no_progress, preset=Path(args.source).stem)
-    print(f"mrsq: training {Path(args.source).stem} on {spec.train.env} (seed {spec.train.seed}, "
-          f"{spec.train.steps} steps) -> {out}", file=sys.stderr)
+    if args.resume:
+        given = [flag for flag, value in (("SOURCE", args.source), ("--set", args.overrides), ("--env", args.env),
+                                          ("--steps", args.steps), ("--seed", args.seed), ("--out", args.out),
+                                          ("--eval-every", args.eval_every), ("--eval-episodes", args.eval_episodes),
+                                          ("--import", args.imports)) if value]
+        if given:
+            raise UsageError(f"--resume {args.resume}: the run's spec comes from its checkpoint; drop {', '.join(given)}")
+        trainer = Trainer.resume(Path(args.resume), progress=not args.no_progress, detect_anomaly=args.detect_anomaly)
+        out, spec, s = trainer.out, trainer.spec, trainer.state
+        if s.step >= spec.train.steps and not s.pending_eval:
+            trainer.run()  # marks run.json done
+            print(f"mrsq: {out} is already complete ({s.step} steps); nothing to do", file=sys.stderr)
+            return 0
+        print(f"mrsq: resuming {out} from {trainer.resumed_from.name} at step {s.step} of {spec.train.steps}"
+              + (" (evaluation pending)" if s.pending_eval else ""), file=sys.stderr)
+    else:
+        if args.source is None:
+            raise UsageError("train needs a preset name or YAML spec (or --resume RUN_FOLDER)")
+        spec = _load_spec(args)
+        parse_env_id(spec.train.env)
+        out = Path(args.out) if args.out else _default_out(args.source, spec)
+        if (out / "checkpoint.pt").exists() or (out / "eval.csv").exists():
+            raise UsageError(f"--out {out}: already holds a run; continue it with `mrsq train --resume {out}` or "
+                             "choose another folder (nothing was overwritten)")
+        trainer = Trainer(spec, out, progress=not args.no_progress, preset=Path(args.source).stem,
+                          detect_anomaly=args.detect_anomaly)
+        print(f"mrsq: training {Path(args.source).stem} on {spec.train.env} (seed {spec.train.seed}, "
+              f"{spec.train.steps} steps) -> {out}", file=sys.stderr)
     print(f"mrsq: {trainer.runtime.summary()}", file=sys.stderr)
     if trainer.runtime.compile:
         print("mrsq: the first updates and actions compile (1-3 min on a CPU the first time on a machine, "
               "cached afterwards; --set compile=off skips it)", file=sys.stderr)
-    result = trainer.run()
+    try:
+        result = trainer.run()
+    except NonFiniteError as exc:
+        print(f"mrsq: error: {exc}", file=sys.stderr)
+        return EXIT_DIVERGED
+    if result.already_complete:
+        print(f"mrsq: {out} is already complete ({result.steps} steps); nothing to do", file=sys.stderr)
+        return 0
     last = f"{result.evals[-1][1]:.1f} at step {result.evals[-1][0]}" if result.evals else "none"
     status = "interrupted" if result.interrupted else "done"
     compiled = trainer.compile_seconds()
+    resume = f"; continue with: mrsq train --resume {out}" if result.interrupted else ""
     print(f"mrsq: {status} after {result.steps} steps; last eval return {last}; results in {out}/ "
           f"(spec.yaml, run.json, eval.csv, train.csv, checkpoint.pt)"
-          + (f"; compilation took {compiled:.0f} s" if compiled else ""), file=sys.stderr)
+          + (f"; compilation took {compiled:.0f} s" if compiled else "") + resume, file=sys.stderr)
     return 130 if result.interrupted else 0
 
 
@@ -174,9 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mrsq", description="Search-based model-based RL from composable parts.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train an agent; writes spec.yaml, eval.csv, train.csv, checkpoint.pt")
-    _add_spec_args(p)
+    p = sub.add_parser("train", help="train an agent; writes spec.yaml, eval.csv, train.csv, checkpoint.pt; "
+                                     "--resume continues a run folder exactly")
+    _add_spec_args(p, optional=True)
     p.add_argument("--out", help="run folder (default: runs/<preset>_<env>_s<seed>_<time>)")
+    p.add_argument("--resume", metavar="RUN_FOLDER",
+                   help="continue this run folder from its last checkpoint (falls back to the previous one if "
+                        "the last is damaged); the spec comes from the checkpoint")
+    p.add_argument("--detect-anomaly", action="store_true",
+                   help="debugging: torch autograd anomaly mode and a non-finite check every step (slow)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -222,16 +264,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_diagnose)
 
     p = sub.add_parser("bench", help="benchmarks that print figures (ms, GFLOP, GFLOP/s, ceiling)")
-    p.add_argument("what", choices=["train", "plan", "loop", "critics", "scaling", "all"],
+    p.add_argument("what", choices=["train", "plan", "loop", "critics", "scaling", "checkpoint", "all"],
                    help="train: one training-phase step; plan: one action; loop: env steps/s of the training "
                         "loop; critics: critic update vs ensemble size; scaling: time vs sizes beside FLOP "
-                        "ratios; all: train, plan, loop and scaling into one JSON (--out)")
+                        "ratios; checkpoint: resumable checkpoint cost with a full replay; all: train, plan, loop and scaling into one JSON (--out)")
     p.add_argument("--members", default="1,2,5,10,20", help="ensemble sizes for `bench critics`")
     p.add_argument("--preset", default="mrq", help="the agent (for `all`: of train and the first loop)")
     p.add_argument("--plan-preset", default="mrsq", help="`all` and `scaling`: the preset planning is measured with")
     p.add_argument("--plan-iters", type=int, default=5, help="actions per timed repeat of `bench plan`")
     p.add_argument("--loop-steps", type=int, default=20, help="env steps per timed window of `bench loop`")
     p.add_argument("--no-scaling", action="store_true", help="`all` without the scaling tables")
+    p.add_argument("--transitions", default="100000,1000000", help="`checkpoint`: replay sizes")
+    p.add_argument("--new", type=int, default=5000, help="`checkpoint`: transitions added before the incremental one")
+    p.add_argument("--dir", help="`checkpoint`: folder on the disk to measure (default: the current one)")
     p.add_argument("--out", help="also write the JSON result to this file")
     p.add_argument("--env", default="dmc:cheetah-run")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -249,7 +294,8 @@ def _interrupt(signum, frame):
 def _stop_cleanly_on_signals() -> None:
     """Ctrl-C (SIGINT) and SIGTERM (``kill``, schedulers) both stop a run cleanly: checkpoint
     written, CSVs complete. A process started in the background by a non-interactive shell
-    inherits SIGINT *ignored*, and SIGTERM would kill it mid-write, so both are set here."""
+    inherits SIGINT *ignored*, and SIGTERM would kill it mid-write, so both are set here, for the
+    setup; the Trainer's loop then installs its own (stop at the next step boundary)."""
     import signal
     import threading
 

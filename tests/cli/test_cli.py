@@ -244,14 +244,15 @@ def test_train_then_eval_subprocess(mrsq_subprocess, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "mrsq: done after 300 steps" in proc.stderr
-    assert sorted(p.name for p in out_dir.iterdir()) == ["checkpoint.pt", "eval.csv", "run.json", "spec.yaml",
-                                                         "train.csv"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["checkpoint.prev.pt", "checkpoint.pt", "eval.csv", "replay",
+                                                         "run.json", "spec.yaml", "train.csv"]
     # run.json: what `auto` resolved to here (the suite pins auto to fp32 eager); spec.yaml keeps auto
     run = json.loads((out_dir / "run.json").read_text())
     assert run["runtime"]["requested"] == {"precision": "auto", "compile": "auto"}
     assert run["runtime"]["precision"] == "fp32" and run["runtime"]["compile"] is False
     assert run["runtime"]["device"] == "cpu" and run["runtime"]["device_name"] and run["runtime"]["torch"]
     assert run["preset"] == "mrq_small"  # the label `mrsq plot` and `mrsq compare` use
+    assert run["status"] == "done" and run["step"] == run["steps"] == 300
     assert "mrsq: runtime: cpu" in proc.stderr and "precision fp32" in proc.stderr
 
     spec = specs.from_yaml((out_dir / "spec.yaml").read_text())

@@ -75,3 +75,7 @@ class TrainSpec(Section):
     log_every: int = Field(1_000, ge=1, description="train.csv row every this many steps")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice)")
     device: Literal["cpu", "cuda", "auto"] = "auto"
+    checkpoint_minutes: float = Field(10.0, ge=0, description="also checkpoint when this many minutes passed "
+                                      "since the last one (bounds the work a kill loses; 0: off)")
+    checkpoint_every: int | None = Field(None, ge=1, description="also checkpoint every this many steps "
+                                         "(checkpoints are always written at each evaluation)")

@@ -49,6 +49,20 @@ class Env(abc.ABC):
     def close(self) -> None:
         """Release simulator resources (a no-op unless the wrapper needs it)."""
 
+    def rng_state(self) -> dict:
+        """The environment's own random state, as JSON-serialisable values (exact resume).
+
+        Together with the actions taken since, the state captured just before a ``reset`` lets
+        :func:`replay_episode` rebuild a cut episode bit for bit in a new process: a fresh env
+        with this state restored, reset and stepped through the same actions, is the same
+        simulation (MuJoCo is deterministic on one machine). Wrappers of simulators that cannot do
+        this leave it unimplemented; such runs still train, only ``--resume`` refuses them."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its random state (exact resume)")
+
+    def set_rng_state(self, state: dict) -> None:
+        """Restore a state returned by :meth:`rng_state`; the next ``reset`` draws from it."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its random state (exact resume)")
+
     def __enter__(self) -> "Env":
         return self
 
@@ -79,6 +93,20 @@ class ActionScaler:
     def __call__(self, action: np.ndarray) -> np.ndarray:
         a = np.clip(np.asarray(action, dtype=self.dtype), -1.0, 1.0)
         return a if self.identity else self.center + self.half_range * a
+
+
+def replay_episode(env: Env, rng_state: dict, actions) -> np.ndarray:
+    """Rebuild an episode cut by a checkpoint: restore ``rng_state`` (taken before the episode's
+    reset), reset, and take ``actions`` ``[n, action_dim]`` again. Returns the observation reached.
+
+    Replaying the actions, rather than saving the simulator state, needs nothing of each
+    simulator but its RNG, and it is exact: MuJoCo's warm-start and contact caches are rebuilt by
+    the same calls that built them (``mj_getState`` would not carry them all)."""
+    env.set_rng_state(rng_state)
+    obs = env.reset()
+    for action in actions:
+        obs, *_ = env.step(np.asarray(action, dtype=np.float32))
+    return obs
 
 
 def parse_env_id(env_id: str) -> tuple[str, str]:

@@ -91,6 +91,15 @@ class DMCEnv(Env):
         truncated = not terminated and (time_step.last() or self._steps >= self.max_episode_steps)
         return self._flatten(time_step.observation), float(reward), terminated, bool(truncated)
 
+    def rng_state(self) -> dict:
+        # the task's RandomState draws every episode's initial state
+        name, keys, pos, has_gauss, cached = self._env.task.random.get_state()
+        return {"random": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+
+    def set_rng_state(self, state: dict) -> None:
+        name, keys, pos, has_gauss, cached = state["random"]
+        self._env.task.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
     def close(self) -> None:
         self._env.close()
 

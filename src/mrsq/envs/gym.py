@@ -90,8 +90,28 @@ class GymEnv(Env):
         obs, reward, terminated, truncated, _ = self._env.step(self._scale(action))
         return np.asarray(obs, dtype=np.float32), float(reward), bool(terminated), bool(truncated)
 
+    def rng_state(self) -> dict:
+        # before the first reset the env is unseeded and that reset seeds it with the factory seed
+        if not self._seeded:
+            return {"seeded": False}
+        return {"seeded": True, "np_random": self._env.unwrapped.np_random.bit_generator.state,
+                "action_space": self._env.action_space.np_random.bit_generator.state}
+
+    def set_rng_state(self, state: dict) -> None:
+        self._seeded = bool(state["seeded"])
+        if self._seeded:
+            self._env.unwrapped.np_random = _generator(state["np_random"])
+            self._env.action_space._np_random = _generator(state["action_space"])
+
     def close(self) -> None:
         self._env.close()
+
+
+def _generator(state: dict) -> np.random.Generator:
+    """A numpy Generator in exactly ``state`` (a ``bit_generator.state`` dict)."""
+    bit_generator = getattr(np.random, state["bit_generator"])()
+    bit_generator.state = state
+    return np.random.Generator(bit_generator)
 
 
 @ENVS.register("gym", help="gymnasium env by id, raw with its TimeLimit (gym:HalfCheetah-v5)")

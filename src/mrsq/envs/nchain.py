@@ -62,6 +62,12 @@ class NChainEnv(Env):
         reward = float(done and self._on_path)
         return self._obs(), reward, done, False
 
+    def rng_state(self) -> dict:
+        return {}  # deterministic: nothing random to restore
+
+    def set_rng_state(self, state: dict) -> None:
+        pass
+
 
 class NChainModel:
     """The true N-chain as a batched :class:`~mrsq.planners.base.PlanningModel`.

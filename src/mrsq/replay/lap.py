@@ -195,6 +195,11 @@ class LAPReplay:
         return min(self._num_added, self._capacity)
 
     @property
+    def num_added(self) -> int:
+        """Transitions ever added (``size`` stops growing at ``capacity``; this does not)."""
+        return self._num_added
+
+    @property
     def num_valid(self) -> int:
         """Number of start slots that can currently be sampled."""
         return int(np.count_nonzero(self._valid[: self.size]))
@@ -345,6 +350,8 @@ class LAPReplay:
         total = cumsum[-1]
         # weights are positive exactly where valid; on a device, ask the host arrays (no sync)
         empty = not self._valid[: self.size].any() if self._mirrored else not bool(total > 0)
+        if empty and not self._mirrored and bool(total.isnan()):
+            raise RuntimeError("replay priorities are not finite (update_priority got a non-finite TD error)")
         if empty:
             raise RuntimeError(
                 "no valid start index yet: a start needs `horizon` later transitions of its "
@@ -400,17 +407,18 @@ class LAPReplay:
 
     # ------------------------------------------------------------------ checkpointing
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, arrays: bool = True) -> dict[str, Any]:
         """Tensors, ints and bools only (loadable with ``torch.load(weights_only=True)``).
 
-        Arrays cover the filled part ``[N, ...]`` in slot order.
+        Arrays cover the filled part ``[N, ...]`` in slot order (left out if not ``arrays``).
         """
         self._assign_new_priorities()
         n = self.size
         state: dict[str, Any] = {key: getattr(self, f"_{key}") for key in _CONFIG_KEYS}
-        for key in _ARRAY_KEYS:
-            state[key] = torch.from_numpy(getattr(self, f"_{key}")[:n].copy())
-        state["valid"] = state["valid"].bool()
+        if arrays:
+            for key in _ARRAY_KEYS:
+                state[key] = torch.from_numpy(getattr(self, f"_{key}")[:n].copy())
+            state["valid"] = state["valid"].bool()
         state["priority"] = self._priority[:n].cpu().clone()
         state["max_priority"] = self._max_priority.cpu().clone()
         state["num_added"] = self._num_added
@@ -420,14 +428,27 @@ class LAPReplay:
         state["rng_on_device"] = self._device.type != "cpu"  # a bool: the state stays weights_only
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a ``state_dict`` from a buffer with the same dims, capacity and horizon."""
-        self._check_loadable(state)
+    def bookkeeping_state(self) -> dict[str, Any]:
+        """``state_dict`` without the transition arrays (which :mod:`mrsq.replay.store` keeps
+        on disk incrementally): priorities, validity (bit-packed), counters and the RNG."""
+        state = self.state_dict(arrays=False)
+        state["valid_bits"] = torch.from_numpy(np.packbits(self._valid[: self.size] > 0))
+        return state
+
+    def load_state_dict(self, state: dict[str, Any], arrays: bool = True) -> None:
+        """Restore a ``state_dict`` from a buffer with the same dims, capacity and horizon.
+
+        ``arrays=False`` restores a :meth:`bookkeeping_state`: the storage is reset and the
+        caller (:func:`mrsq.replay.store.load`) fills the transition rows afterwards."""
+        self._check_loadable(state, arrays)
         self._allocate_storage()
         n = min(int(state["num_added"]), self._capacity)
-        for key in _ARRAY_KEYS:
-            target = getattr(self, f"_{key}")
-            target[:n] = state[key].to(torch.float32).numpy()
+        if arrays:
+            for key in _ARRAY_KEYS:
+                target = getattr(self, f"_{key}")
+                target[:n] = state[key].to(torch.float32).numpy()
+        else:
+            self._valid[:n] = np.unpackbits(state["valid_bits"].numpy(), count=n)
         self._priority[:n] = state["priority"].to(self._device, torch.float32)
         self._max_priority = state["max_priority"].to(self._device, torch.float32).clone().reshape(())
         self._num_added = int(state["num_added"])
@@ -440,9 +461,9 @@ class LAPReplay:
         if bool(state.get("rng_on_device", False)) == (self._device.type != "cpu"):
             self._generator.set_state(state["rng_state"])
 
-    def _check_loadable(self, state: dict[str, Any]) -> None:
+    def _check_loadable(self, state: dict[str, Any], arrays: bool = True) -> None:
         """Raise ValueError if ``state`` is incomplete or was saved with another configuration."""
-        required = (*_CONFIG_KEYS, *_ARRAY_KEYS, *_BOOKKEEPING_KEYS)
+        required = (*_CONFIG_KEYS, *(_ARRAY_KEYS if arrays else ("valid_bits",)), *_BOOKKEEPING_KEYS)
         missing = [key for key in required if key not in state]
         if missing:
             raise ValueError(f"replay state_dict is missing keys: {missing}")
@@ -453,7 +474,7 @@ class LAPReplay:
                     f"{getattr(self, f'_{key}')}"
                 )
         n = min(int(state["num_added"]), self._capacity)
-        for key in (*_ARRAY_KEYS, "priority"):
+        for key in (*(_ARRAY_KEYS if arrays else ()), "priority"):
             if state[key].shape[0] != n:
                 raise ValueError(
                     f"replay state_dict entry {key!r} has {state[key].shape[0]} rows, expected {n}"

@@ -1,31 +1,94 @@
 """Checkpoints: state dicts + the resolved spec (YAML text) + a format version.
 
 They load with ``torch.load(weights_only=True)``: no pickled callables, environments or pydantic
-objects. Writes are atomic (a temporary file renamed over the old one), so an interrupted save
-never destroys the previous checkpoint.
+objects. Writes never destroy a good checkpoint:
+
+* the new file is written to ``checkpoint.pt.tmp``, flushed and fsynced, and only then renamed;
+* in a run folder (``keep_previous``) the checkpoint it replaces becomes ``checkpoint.prev.pt``,
+  so a checkpoint that later proves unreadable (a disk that lied, a copy cut short) still has a
+  good predecessor, which :func:`load_latest` falls back to with a one-line warning;
+* a write that fails (disk full, quota, permissions) removes its temporary file and raises
+  :class:`CheckpointWriteError` naming the file; the previous checkpoint is untouched;
+* a stale ``.tmp`` left by a killed process is removed on the next write or resume.
+
+``MRSQ_FAILPOINT`` (fault injection for the resume tests, see :func:`failpoint`) can kill the
+process with SIGKILL at chosen points, as a scheduler or the OOM killer would.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import torch
 
 FORMAT_VERSION = 1
+CHECKPOINT = "checkpoint.pt"
+PREVIOUS = "checkpoint.prev.pt"
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used (missing, corrupt, wrong version)."""
 
 
-def save_checkpoint(path: Path, *, spec_yaml: str, agent_state: dict, step: int, extra: dict | None = None) -> None:
+class CheckpointWriteError(CheckpointError):
+    """Writing a checkpoint failed (disk full, ...); the previous one is intact."""
+
+
+def failpoint(name: str, count: int) -> None:
+    """SIGKILL this process if ``MRSQ_FAILPOINT`` is ``name:count`` (fault injection).
+
+    Points: ``step:K`` (before environment step K), ``checkpoint:N`` (the N-th checkpoint write
+    of this process, after its replay segment and half its file are written), ``rename:N`` (after
+    the N-th checkpoint file is complete, before it replaces the previous one).
+    """
+    if os.environ.get("MRSQ_FAILPOINT") == f"{name}:{count}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def save_checkpoint(path: Path, *, spec_yaml: str, agent_state: dict, step: int, extra: dict | None = None,
+                    resume: dict | None = None, keep_previous: bool = False, write_number: int = 0) -> None:
+    """Write a checkpoint atomically (see the module docstring); ``resume`` carries what
+    ``mrsq train --resume`` needs beyond the agent (loop, RNGs, replay bookkeeping)."""
     payload = {"format_version": FORMAT_VERSION, "spec": spec_yaml, "step": int(step),
                "agent": agent_state, "extra": extra or {}}
+    if resume is not None:
+        payload["resume"] = resume
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            if os.environ.get("MRSQ_FAILPOINT") == f"checkpoint:{write_number}":
+                f.truncate(f.tell() // 2)  # killed half-way through the write
+                f.flush()
+                failpoint("checkpoint", write_number)
+            os.fsync(f.fileno())
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        previous = f"the previous checkpoint {path} is intact" if path.exists() else "no checkpoint was written yet"
+        raise CheckpointWriteError(f"cannot write checkpoint {tmp}: {exc.strerror or exc}; {previous}") from None
+    failpoint("rename", write_number)
+    if keep_previous and path.exists():
+        os.replace(path, path.with_name(PREVIOUS))
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the renames durable (POSIX: a rename is durable once its directory is fsynced)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
@@ -46,3 +109,40 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(sorted(missing))}")
     return payload
+
+
+def remove_stale_tmp(folder: Path) -> None:
+    """Delete a ``checkpoint.pt.tmp`` a killed write left behind (never a complete checkpoint)."""
+    (Path(folder) / (CHECKPOINT + ".tmp")).unlink(missing_ok=True)
+
+
+def candidates(folder: Path) -> list[Path]:
+    """The run folder's checkpoints, newest first (those that exist)."""
+    return [p for p in (Path(folder) / CHECKPOINT, Path(folder) / PREVIOUS) if p.is_file()]
+
+
+def load_latest(folder: Path, validate=None, warn=print) -> tuple[dict, Path]:
+    """The newest checkpoint of a run folder that loads (and passes ``validate(payload, path)``,
+    which raises :class:`CheckpointError` to reject it). Each rejected one costs a one-line
+    ``warn``; a rejected ``checkpoint.pt`` is renamed ``checkpoint.pt.corrupt`` so the next write
+    cannot rotate it over the good ``checkpoint.prev.pt``. No usable checkpoint: CheckpointError."""
+    folder = Path(folder)
+    remove_stale_tmp(folder)
+    found = candidates(folder)
+    if not found:
+        raise CheckpointError(f"{folder}: no {CHECKPOINT} or {PREVIOUS} to resume from")
+    errors = []
+    for path in found:
+        try:
+            payload = load_checkpoint(path)
+            if validate is not None:
+                validate(payload, path)
+            return payload, path
+        except CheckpointError as exc:
+            errors.append(str(exc))
+            if path.name == CHECKPOINT:
+                os.replace(path, path.with_name(CHECKPOINT + ".corrupt"))
+                warn(f"{exc}; kept as {CHECKPOINT}.corrupt, trying {PREVIOUS}")
+            else:
+                warn(str(exc))
+    raise CheckpointError(f"{folder}: no usable checkpoint ({'; '.join(errors)})")

@@ -1,14 +1,38 @@
 """The training loop: act -> env.step -> replay.add -> agent.update -> evaluate -> run folder.
 
-A run folder holds ``spec.yaml`` (fully resolved), ``eval.csv``, ``train.csv`` and
-``checkpoint.pt`` (rewritten at every evaluation). Ctrl-C stops cleanly: the checkpoint is
-written and both CSVs are complete.
+A run folder holds ``spec.yaml`` (fully resolved), ``run.json`` (what ``auto`` resolved to, the
+run's status), ``eval.csv``, ``train.csv``, ``checkpoint.pt`` (+ ``checkpoint.prev.pt``, the one
+before) and ``replay/`` (the buffer's transitions, :mod:`mrsq.replay.store`).
+
+**Exact resume.** A checkpoint is written at every evaluation, every ``train.checkpoint_every``
+steps, when ``train.checkpoint_minutes`` have passed since the last one, and when a stop is asked
+for. It holds everything the rest of the run depends on: the agent's modules and optimisers, the
+replay bookkeeping (its transitions are on disk, written incrementally), every RNG (python,
+numpy, torch, the loop's own, the replay's, both environments'), the planner's warm start, the
+loop's counters and the partial sums of the next ``train.csv`` row. An episode cut by the
+checkpoint is rebuilt by replaying its actions from the RNG state taken before its reset
+(:func:`mrsq.envs.base.replay_episode`). So ``Trainer.resume`` continues as if never stopped:
+on the same machine and thread count, ``eval.csv`` comes out bit for bit the same as an
+uninterrupted run's (except ``wall_time``, which counts this run's own seconds).
+
+**Stopping.** SIGINT (Ctrl-C) and SIGTERM (schedulers, ``timeout``, ``kill``) ask the loop to
+stop at the next step boundary (an evaluation in progress is abandoned and redone on resume):
+a final checkpoint is written and the CSVs are complete. A second signal stops at once.
+
+**Divergence.** A non-finite training metric or parameter stops the run with
+:class:`NonFiniteError` naming the metric and the first step it appeared; no checkpoint is
+written after it, so the last one is good. Metrics are checked on the device and read at each
+``train.csv`` row and before each checkpoint (no host sync per step).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +43,15 @@ import torch
 from mrsq import specs
 from mrsq.agents.base import Agent
 from mrsq.envs import Env, make_env
+from mrsq.envs.base import replay_episode
 from mrsq.registry import AGENTS
 from mrsq.replay import LAPReplay
+from mrsq.replay import store
 from mrsq.runtime import Runtime
 from mrsq.runtime import replay_device
 from mrsq.runtime import resolve as resolve_runtime
-from mrsq.training.checkpoint import save_checkpoint
+from mrsq.training.checkpoint import (CHECKPOINT, CheckpointError, CheckpointWriteError, failpoint,
+                                      load_latest, remove_stale_tmp, save_checkpoint)
 from mrsq.training.diagnostics import VALUE_COLUMNS, ValueErrorRecorder
 from mrsq.training.logging import CSVLog, MetricMeans
 
@@ -33,12 +60,21 @@ TRAIN_COLUMNS = ("step", "wall_time", "steps_per_s", "episodes", "episode_return
                  "search/divergence")  # then the agent's own METRICS
 
 
+class NonFiniteError(RuntimeError):
+    """Training produced a non-finite loss or parameter; the message names it and the step."""
+
+
+class ResumeError(ValueError):
+    """A run folder cannot be resumed (one-line message)."""
+
+
 @dataclass
 class RunResult:
     out: Path
     steps: int
     evals: list[tuple[int, float, float]] = field(default_factory=list)
     interrupted: bool = False
+    already_complete: bool = False
 
 
 def seed_everything(seed: int) -> None:
@@ -71,20 +107,26 @@ class Evaluation:
     diagnostics: dict[str, float] = field(default_factory=dict)
 
 
-def evaluate(agent, env: Env, episodes: int) -> Evaluation:
+class EvaluationAborted(Exception):
+    """``evaluate``'s ``should_stop`` returned True (the caller restores what it consumed)."""
+
+
+def evaluate(agent, env: Env, episodes: int, should_stop=None) -> Evaluation:
     """``episodes`` deterministic episodes: return mean and std, value error and divergence.
 
     The planner's warm-start state is saved and restored around the evaluation: an evaluation
-    that falls mid-episode must not hand its last plan to the next training action."""
+    that falls mid-episode must not hand its last plan to the next training action.
+    ``should_stop()`` is polled every step; when it returns True the evaluation is abandoned
+    (:class:`EvaluationAborted`)."""
     saved = [b.clone() for b in agent.planner.buffers()]
     try:
-        return _evaluate_episodes(agent, env, episodes)
+        return _evaluate_episodes(agent, env, episodes, should_stop)
     finally:
         for buf, value in zip(agent.planner.buffers(), saved):
             buf.copy_(value)
 
 
-def _evaluate_episodes(agent, env: Env, episodes: int) -> Evaluation:
+def _evaluate_episodes(agent, env: Env, episodes: int, should_stop) -> Evaluation:
     returns = []
     recorder = ValueErrorRecorder(agent, agent.spec.discount)
     agent.pop_divergence(explore=False)  # start clean
@@ -93,6 +135,8 @@ def _evaluate_episodes(agent, env: Env, episodes: int) -> Evaluation:
         agent.planner.reset()
         terminated = False
         while not done:
+            if should_stop is not None and should_stop():
+                raise EvaluationAborted
             action = agent.act(obs, explore=False, first=first)
             next_obs, reward, terminated, truncated = env.step(action)
             recorder.step(obs, action, reward)
@@ -107,12 +151,43 @@ def _evaluate_episodes(agent, env: Env, episodes: int) -> Evaluation:
     return Evaluation(float(np.mean(returns)), float(np.std(returns)), diagnostics)
 
 
-class Trainer:
-    """Runs one spec to completion, writing the run folder as it goes."""
+@dataclass
+class LoopState:
+    """The loop's own variables: with the agent, replay, RNGs and envs, all a resume needs."""
 
-    def __init__(self, spec, out: Path, progress: bool = True, preset: str | None = None) -> None:
+    step: int = 0  # environment steps done
+    obs: np.ndarray | None = None
+    first: bool = True  # obs is the first of its episode
+    episodes: int = 0
+    ep_return: float = 0.0
+    last_return: float = math.nan
+    episode_rng: dict | None = None  # the training env's rng_state() just before this episode's reset
+    episode_actions: list = field(default_factory=list)  # actions taken in this episode so far
+    last_log_step: int = 0
+    elapsed: float = 0.0  # wall seconds of the processes before this one
+    pending_eval: bool = True  # the evaluation of `step` is still to do (step 0: before training)
+    last_eval: list | None = None  # [step, return_mean, return_std]
+    checkpoint_step: int = -1  # step of the last checkpoint written (or resumed from)
+
+    SCALARS = ("step", "first", "episodes", "ep_return", "last_return", "last_log_step", "elapsed",
+               "pending_eval", "last_eval", "checkpoint_step")
+
+
+def _rng_json(state) -> list:
+    """A python or numpy global RNG state tuple as JSON-serialisable values."""
+    return [x.tolist() if isinstance(x, (np.ndarray, np.generic)) else list(x) if isinstance(x, tuple) else x
+            for x in state]
+
+
+class Trainer:
+    """Runs one spec to completion, writing the run folder as it goes; :meth:`resume` continues
+    a run folder exactly where its last checkpoint left it."""
+
+    def __init__(self, spec, out: Path, progress: bool = True, preset: str | None = None,
+                 detect_anomaly: bool = False) -> None:
         self.spec, self.out, self.progress = spec, Path(out), progress
         self.preset = preset  # the preset or YAML file's name, recorded in run.json for plot/compare labels
+        self.detect_anomaly = detect_anomaly
         t = spec.train
         if t.threads:
             torch.set_num_threads(t.threads)
@@ -131,99 +206,383 @@ class Trainer:
                                 device=replay_device(self.device, storage))
         self.rng = np.random.default_rng(t.seed)
         self.spec_yaml = specs.to_yaml(spec)
+        self.state = LoopState()
+        self.means = MetricMeans()
+        self.resumed_from: Path | None = None
+        self.resumes = 0
+        self._segments: list[list[int]] = []  # replay segments the last checkpoint lists
+        self._previous_segments: list[list[int]] = []  # ... and the one before (kept as a fallback)
+        self._saved_added = 0  # replay transitions already on disk
+        self._writes = 0  # checkpoints written by this process (for MRSQ_FAILPOINT)
+        self._stop_signal: int | None = None
 
-    def run(self) -> RunResult:
-        t, s = self.spec.train, self.spec
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "spec.yaml").write_text(self.spec_yaml)
-        self._write_run_json()
-        eval_log = CSVLog(self.out / "eval.csv", EVAL_COLUMNS)
-        train_log = CSVLog(self.out / "train.csv", (*TRAIN_COLUMNS, *self.agent.METRICS))
-        result = RunResult(self.out, 0)
-        bar = _progress(t.steps, self.progress)
-        means = MetricMeans()
-        start = last_log_time = time.perf_counter()
-        last_log_step, episodes, ep_return, last_return = 0, 0, 0.0, float("nan")
-        sps = "-"  # steps/s of the last train.csv row, shown on the progress bar
-        obs, first, step = self.env.reset(), True, 0
-        self.agent.planner.reset()
+    # ------------------------------------------------------------------------------ resuming
+    @classmethod
+    def resume(cls, out: Path, progress: bool = True, detect_anomaly: bool = False, warn=None) -> "Trainer":
+        """A Trainer for run folder ``out``, restored from its newest usable checkpoint (falling
+        back to ``checkpoint.prev.pt`` with a one-line warning when the newest is damaged)."""
+        out = Path(out)
+        warn = warn or (lambda line: print(f"mrsq: warning: {line}", file=sys.stderr))
+        if not out.is_dir():
+            raise ResumeError(f"--resume {out}: no such run folder")
+        payload, path = load_latest(out, validate=_validate_resumable, warn=warn)
+        spec = specs.from_yaml(payload["spec"], where=f"{path} (spec)")
+        info = _read_json(out / "run.json")
+        trainer = cls(spec, out, progress=progress, preset=info.get("preset"), detect_anomaly=detect_anomaly)
+        trainer.resumes = int(info.get("resumes", 0)) + 1
+        trainer._restore(payload, path, warn)
+        return trainer
+
+    def _restore(self, payload: dict, path: Path, warn) -> None:
+        resume = payload["resume"]
         try:
-            self._evaluate(0, eval_log, result, start)  # as MR.Q: every curve starts untrained
-            for step in range(1, t.steps + 1):
-                if self.replay.size < s.warmup_steps:
-                    action = self.rng.uniform(-1, 1, self.env.action_dim).astype(np.float32)
-                else:
-                    action = self.agent.act(obs, explore=True, first=first)
-                next_obs, reward, terminated, truncated = self.env.step(action)
-                self.replay.add(obs, action, reward, next_obs, terminated, truncated)
-                ep_return += reward
-                obs, first = next_obs, False
-                if terminated or truncated:
-                    obs, first, episodes, last_return, ep_return = self.env.reset(), True, episodes + 1, ep_return, 0.0
-                    self.agent.planner.reset()
-                if self.replay.size > s.warmup_steps:
-                    means.add(self.agent.update(self.replay))
+            self.agent.load_training_state(payload["agent"])
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            raise ResumeError(f"{path}: agent state does not match its spec ({str(exc).splitlines()[0][:200]})") from None
+        loop = json.loads(resume["loop"])
+        tensors = resume["tensors"]
+        s = self.state
+        for key in LoopState.SCALARS:
+            setattr(s, key, loop[key])
+        s.last_return = math.nan if s.last_return is None else s.last_return
+        s.checkpoint_step = int(payload["step"])
+        # replay: bookkeeping from the checkpoint, transitions from the segments beside it
+        self.replay.load_state_dict(resume["replay"], arrays=False)
+        self._segments = [list(x) for x in loop["segments"]]
+        self._previous_segments = list(self._segments)
+        store.load(self.replay, self.out / store.FOLDER, self._segments)
+        self._saved_added = self.replay.num_added
+        # RNGs
+        rng = loop["rng"]
+        random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
+        np.random.set_state((rng["numpy"][0], np.asarray(rng["numpy"][1], dtype=np.uint32), *rng["numpy"][2:]))
+        self.rng.bit_generator.state = rng["loop"]
+        torch.set_rng_state(tensors["torch_rng"])
+        if "cuda_rng" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(list(tensors["cuda_rng"]))
+        # agent state that is not in its checkpointable modules
+        for buf, value in zip(self.agent.planner.buffers(), tensors["planner"]):
+            buf.copy_(value)
+        self.agent.divergence_sums.copy_(tensors["divergence_sums"])
+        self.agent._divergence_counts = list(loop["divergence_counts"])
+        self.means.load_state_dict(tensors["metric_sums"], self.device)
+        # environments: the eval env is always between episodes at a checkpoint; the training
+        # env is rebuilt by replaying the cut episode
+        self.eval_env.set_rng_state(loop["eval_env_rng"])
+        s.episode_rng = loop["episode_rng"]
+        s.episode_actions = list(tensors["episode_actions"].numpy())
+        saved_obs = tensors["obs"].numpy()
+        obs = replay_episode(self.env, s.episode_rng, s.episode_actions)
+        if not np.array_equal(obs.view(np.uint32), saved_obs.view(np.uint32)):
+            warn(f"{self.spec.train.env}: replaying the cut episode ({len(s.episode_actions)} steps) did not reach "
+                 "the checkpoint's observation bit for bit (another simulator build or machine?); continuing "
+                 "from the replayed state, so this run is no longer an exact continuation")
+        s.obs = obs
+        self.resumed_from = path
+
+    # ------------------------------------------------------------------------------ the loop
+    def run(self) -> RunResult:
+        t, s = self.spec.train, self.state
+        self.out.mkdir(parents=True, exist_ok=True)
+        fresh = self.resumed_from is None
+        if fresh:
+            (self.out / "spec.yaml").write_text(self.spec_yaml)
+        elif s.step >= t.steps and not s.pending_eval:
+            self._write_run_json("done")
+            return RunResult(self.out, s.step, [tuple(s.last_eval)] if s.last_eval else [], already_complete=True)
+        resume_at = None if fresh else s.step
+        eval_log = CSVLog(self.out / "eval.csv", EVAL_COLUMNS, resume_at=resume_at)
+        train_log = CSVLog(self.out / "train.csv", (*TRAIN_COLUMNS, *self.agent.METRICS), resume_at=resume_at)
+        result = RunResult(self.out, s.step)
+        if s.last_eval:
+            result.evals.append(tuple(s.last_eval))
+        remove_stale_tmp(self.out)
+        self._write_run_json("running")
+        bar = _progress(t.steps, self.progress, initial=s.step)
+        self._start = time.perf_counter() - s.elapsed
+        self._last_checkpoint_time = time.monotonic()
+        last_log_time = time.perf_counter()
+        sps = "-"  # steps/s of the last train.csv row, shown on the progress bar
+        if fresh:
+            s.episode_rng = self._env_rng(self.env)
+            s.obs, s.first = self.env.reset(), True
+            self.agent.planner.reset()
+        previous_handlers = self._catch_stop_signals()
+        anomaly = torch.autograd.set_detect_anomaly(self.detect_anomaly) if self.detect_anomaly else None
+        status = "failed"
+        try:
+            checkpoint_due = False
+            while True:
+                if self._stop_signal is not None:
+                    self._checkpoint("interrupted")
+                    result.interrupted = True
+                    status = "interrupted"
+                    break
+                if s.pending_eval:
+                    if not self._evaluate(eval_log, result):
+                        continue  # abandoned for a stop: checkpointed (evaluation still pending) above
+                    bar.set_postfix(sps=sps, eval=_last(result), refresh=False)
+                    checkpoint_due = True
+                if checkpoint_due or (t.checkpoint_minutes and
+                                      time.monotonic() - self._last_checkpoint_time >= 60 * t.checkpoint_minutes):
+                    self._checkpoint("done" if s.step >= t.steps else "running")
+                    checkpoint_due = False
+                if s.step >= t.steps:
+                    status = "done"
+                    break
+                step = s.step + 1
+                failpoint("step", step)
+                self._env_step(step)
+                s.step = step
                 if step % t.log_every == 0:
                     now = time.perf_counter()
-                    row = {"step": step, "wall_time": now - start, "episodes": episodes,
-                           "steps_per_s": (step - last_log_step) / (now - last_log_time),
-                           "episode_return": last_return, "reward_scale": float(self.agent.reward_scale),
+                    row = {"step": step, "wall_time": now - self._start, "episodes": s.episodes,
+                           "steps_per_s": (step - s.last_log_step) / max(now - last_log_time, 1e-9),
+                           "episode_return": s.last_return, "reward_scale": float(self.agent.reward_scale),
                            "search/divergence": self.agent.pop_divergence(explore=True)}
-                    row.update(means.pop())
+                    bad = self.means.first_nonfinite()
+                    row.update(self.means.pop())
                     train_log.write(row)
-                    last_log_step, last_log_time = step, now
+                    if bad is not None:
+                        raise self._nonfinite(f"{bad[0]} = {row.get(bad[0])}", bad[1])
+                    s.last_log_step, last_log_time = step, now
                     sps = f"{row['steps_per_s']:.0f}"
                     bar.set_postfix(sps=sps, eval=_last(result), refresh=False)
                 if step % t.eval_every == 0 or step == t.steps:
-                    self._evaluate(step, eval_log, result, start)
-                    bar.set_postfix(sps=sps, eval=_last(result), refresh=False)
+                    s.pending_eval = True
+                if t.checkpoint_every and step % t.checkpoint_every == 0:
+                    checkpoint_due = True
                 bar.update(1)
-            result.steps = step
-        except KeyboardInterrupt:
-            result.interrupted, result.steps = True, step
-            self._checkpoint(step)
+            result.steps = s.step
+        except NonFiniteError:
+            status = "diverged"
+            raise
+        except KeyboardInterrupt:  # a second signal: stop now, without a checkpoint
+            result.interrupted, result.steps, status = True, s.step, "interrupted"
         finally:
+            self._restore_signals(previous_handlers)
+            if anomaly is not None:
+                torch.autograd.set_detect_anomaly(False)
             bar.close()
             eval_log.close()
             train_log.close()
             self.env.close()
             self.eval_env.close()
+            self._write_run_json(status)
         return result
 
-    def _evaluate(self, step: int, log: CSVLog, result: RunResult, start: float) -> None:
-        self._write_run_json()  # compile times are known after the first updates
-        ev = evaluate(self.agent, self.eval_env, self.spec.train.eval_episodes)
-        log.write({"step": step, "return_mean": ev.return_mean, "return_std": ev.return_std,
-                   "episodes": self.spec.train.eval_episodes, "wall_time": time.perf_counter() - start,
-                   **ev.diagnostics})
-        result.evals.append((step, ev.return_mean, ev.return_std))
-        self._checkpoint(step)
+    def _env_step(self, step: int) -> None:
+        """One environment step (random actions during warm-up), its replay add and update."""
+        s, spec = self.state, self.spec
+        if self.replay.size < spec.warmup_steps:
+            action = self.rng.uniform(-1, 1, self.env.action_dim).astype(np.float32)
+        else:
+            action = self.agent.act(s.obs, explore=True, first=s.first)
+        next_obs, reward, terminated, truncated = self.env.step(action)
+        self.replay.add(s.obs, action, reward, next_obs, terminated, truncated)
+        s.episode_actions.append(action)
+        s.ep_return += reward
+        s.obs, s.first = next_obs, False
+        if terminated or truncated:
+            s.episodes, s.last_return, s.ep_return = s.episodes + 1, s.ep_return, 0.0
+            s.episode_rng, s.episode_actions = self._env_rng(self.env), []
+            s.obs, s.first = self.env.reset(), True
+            self.agent.planner.reset()
+        if self.replay.size > spec.warmup_steps:
+            try:
+                metrics = self.agent.update(self.replay)
+            except Exception:
+                # an earlier non-finite loss (NaN priorities, NaN actions) is the cause to report
+                bad = self.means.first_nonfinite()
+                if bad is not None:
+                    raise self._nonfinite(bad[0], bad[1]) from None
+                raise
+            self.means.add(metrics, step)
+            if self.detect_anomaly:  # debugging: find the exact step (a host sync per step)
+                bad = self.means.first_nonfinite()
+                if bad is not None:
+                    raise self._nonfinite(bad[0], bad[1])
 
+    @staticmethod
+    def _env_rng(env: Env) -> dict | None:
+        try:
+            return env.rng_state()
+        except NotImplementedError:
+            return None  # trains normally; only --resume will refuse this run
+
+    def _evaluate(self, log: CSVLog, result: RunResult) -> bool:
+        """Evaluate at the current step; False if a stop signal abandoned it (what it consumed of
+        the eval env's and torch's RNGs is given back, so the redone evaluation is the same)."""
+        s = self.state
+        self._write_run_json("running")  # compile times are known after the first updates
+        env_rng, torch_rng = self._env_rng(self.eval_env), torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None
+        try:
+            ev = evaluate(self.agent, self.eval_env, self.spec.train.eval_episodes,
+                          should_stop=lambda: self._stop_signal is not None)
+        except EvaluationAborted:
+            if env_rng is not None:
+                self.eval_env.set_rng_state(env_rng)
+            torch.set_rng_state(torch_rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
+            return False
+        log.write({"step": s.step, "return_mean": ev.return_mean, "return_std": ev.return_std,
+                   "episodes": self.spec.train.eval_episodes, "wall_time": time.perf_counter() - self._start,
+                   **ev.diagnostics})
+        s.last_eval = [s.step, ev.return_mean, ev.return_std]
+        result.evals.append((s.step, ev.return_mean, ev.return_std))
+        s.pending_eval = False
+        return True
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def _nonfinite(self, what: str, step: int) -> NonFiniteError:
+        s = self.state
+        kept = (f"the last good checkpoint is {self.out / CHECKPOINT} (step {s.checkpoint_step})"
+                if s.checkpoint_step >= 0 else "no checkpoint was written before it")
+        return NonFiniteError(f"non-finite {what} at step {step}; the run stopped and {kept}. Lower the learning "
+                              "rates or clip gradients; --detect-anomaly names the operation")
+
+    def _check_finite(self) -> None:
+        """Raise :class:`NonFiniteError` rather than checkpoint a broken agent (one host sync)."""
+        bad = self.means.first_nonfinite()
+        if bad is not None:
+            raise self._nonfinite(bad[0], bad[1])
+        names = [n for n in self.agent.MODULES if any(True for _ in getattr(self.agent, n).parameters())]
+        flags = [torch.stack([p.isfinite().all() for p in getattr(self.agent, n).parameters()]).all() for n in names]
+        if flags and not bool(torch.stack(flags).all()):
+            broken = [n for n, f in zip(names, flags) if not bool(f)]
+            raise self._nonfinite(f"parameters in {', '.join(broken)}", self.state.step)
+
+    def _checkpoint(self, status: str) -> None:
+        """Write the checkpoint of the current step (see the module docstring)."""
+        s = self.state
+        self._check_finite()
+        self._writes += 1
+        folder = self.out / store.FOLDER
+        try:
+            segment = store.write_segment(self.replay, folder, self._saved_added)
+        except OSError as exc:
+            raise CheckpointWriteError(f"cannot write replay segment in {folder}: {exc.strerror or exc}; "
+                                       f"the previous checkpoint is intact") from None
+        segments = store.needed(self._segments + ([segment] if segment else []),
+                                self.replay.num_added, self.replay.capacity)
+        s.elapsed = time.perf_counter() - self._start
+        save_checkpoint(self.out / CHECKPOINT, spec_yaml=self.spec_yaml, agent_state=self.agent.training_state(),
+                        step=s.step, resume=self._resume_state(segments), keep_previous=True,
+                        write_number=self._writes)
+        self._previous_segments, self._segments = self._segments, segments
+        self._saved_added = self.replay.num_added
+        s.checkpoint_step = s.step
+        store.collect_garbage(folder, [self._segments, self._previous_segments])
+        self._last_checkpoint_time = time.monotonic()
+        self._write_run_json(status)
+
+    def _resume_state(self, segments: list[list[int]]) -> dict:
+        s = self.state
+        loop = {key: getattr(s, key) for key in LoopState.SCALARS}
+        loop["last_return"] = None if math.isnan(s.last_return) else s.last_return
+        loop.update(
+            segments=segments, episode_rng=s.episode_rng, eval_env_rng=self._env_rng(self.eval_env),
+            divergence_counts=list(self.agent._divergence_counts),
+            rng={"python": _rng_json(random.getstate()), "numpy": _rng_json(np.random.get_state()),
+                 "loop": self.rng.bit_generator.state})
+        actions = (np.stack(s.episode_actions) if s.episode_actions
+                   else np.zeros((0, self.env.action_dim), np.float32))
+        tensors = {"obs": torch.from_numpy(np.asarray(s.obs, np.float32).copy()),
+                   "episode_actions": torch.from_numpy(actions.astype(np.float32)),
+                   "torch_rng": torch.get_rng_state(),
+                   "planner": [b.detach().cpu().clone() for b in self.agent.planner.buffers()],
+                   "divergence_sums": self.agent.divergence_sums.detach().cpu().clone(),
+                   "metric_sums": self.means.state_dict()}
+        if self.device.type == "cuda":
+            tensors["cuda_rng"] = torch.cuda.get_rng_state_all()
+        # JSON for the plain values: numpy/python RNG states hold integers beyond int64
+        return {"loop": json.dumps(loop), "tensors": tensors, "replay": self.replay.bookkeeping_state()}
+
+    # ------------------------------------------------------------------------------ signals
+    def _catch_stop_signals(self):
+        """SIGINT/SIGTERM set a flag the loop reads at the next step boundary (the checkpoint
+        then describes a consistent state); a second one raises KeyboardInterrupt at once."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):
+            if self._stop_signal is not None:
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            print(f"\nmrsq: {signal.Signals(signum).name}: stopping at the next step with a final checkpoint "
+                  "(signal again to stop at once, losing the steps since the last checkpoint)", file=sys.stderr)
+
+        return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    @staticmethod
+    def _restore_signals(previous) -> None:
+        for sig, handler in (previous or {}).items():
+            signal.signal(sig, handler)
+
+    def request_stop(self) -> None:
+        """Ask the loop to stop at the next step boundary, as SIGTERM does (tests, embedding code)."""
+        self._stop_signal = signal.SIGTERM
+
+    # ------------------------------------------------------------------------------ run.json
     def compile_seconds(self) -> float:
         """Seconds this run's agent spent compiling (first calls of its compiled functions)."""
         return sum(c.compile_seconds for c in self.agent.compiled_functions())
 
-    def _write_run_json(self) -> None:
-        """``run.json``: what ``auto`` resolved to on this machine (spec.yaml keeps ``auto``), and
-        the compile seconds once known."""
-        info = {"preset": self.preset, "runtime": self.runtime.as_dict(),
+    def _write_run_json(self, status: str) -> None:
+        """``run.json``: what ``auto`` resolved to on this machine (spec.yaml keeps ``auto``), the
+        compile seconds once known, and the run's status (``running``, ``interrupted``, ``done``,
+        ``diverged``, ``failed``) with the step of its last checkpoint."""
+        info = {"preset": self.preset, "status": status, "step": self.state.checkpoint_step,
+                "steps": self.spec.train.steps, "resumes": self.resumes, "runtime": self.runtime.as_dict(),
                 "compile_seconds": {c.name: c.compile_seconds for c in self.agent.compiled_functions()
                                     if c.compile_seconds}}
         tmp = self.out / "run.json.tmp"
-        tmp.write_text(json.dumps(info, indent=2) + "\n")
-        tmp.replace(self.out / "run.json")
+        try:
+            tmp.write_text(json.dumps(info, indent=2) + "\n")
+            tmp.replace(self.out / "run.json")
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if status == "running":
+                raise CheckpointWriteError(f"cannot write {self.out / 'run.json'}: {exc.strerror or exc}") from None
 
-    def _checkpoint(self, step: int) -> None:
-        save_checkpoint(self.out / "checkpoint.pt", spec_yaml=self.spec_yaml,
-                        agent_state=self.agent.training_state(), step=step)
+
+def _validate_resumable(payload: dict, path: Path) -> None:
+    """Reject (CheckpointError) a checkpoint that cannot be resumed: written without resume
+    state, or whose replay segments are missing or damaged."""
+    if "resume" not in payload:
+        raise CheckpointError(f"{path}: written by an mrsq without resume state (evaluate it with mrsq eval)")
+    try:
+        loop = json.loads(payload["resume"]["loop"])
+        segments = loop["segments"]
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{path}: damaged resume state") from None
+    folder = path.parent / store.FOLDER
+    for first, end in segments:
+        try:
+            rows = np.load(folder / f"{first:012d}-{end:012d}.npy", mmap_mode="r", allow_pickle=False)
+            np.load(folder / f"{first:012d}-{end:012d}.next.npy", mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: its replay segment {first}-{end} is unreadable "
+                                  f"({type(exc).__name__}: {str(exc)[:120]})") from None
+        if len(rows) != end - first:
+            raise CheckpointError(f"{path}: its replay segment {first}-{end} has {len(rows)} rows")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _last(result: RunResult) -> str:
     return f"{result.evals[-1][1]:.1f}" if result.evals else "-"
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, enabled: bool, initial: int = 0):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, disable=not enabled, unit="step", dynamic_ncols=True, mininterval=0.5,
-                smoothing=0.05)
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True,
+                mininterval=0.5, smoothing=0.05)
