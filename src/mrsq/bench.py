@@ -460,6 +460,8 @@ def bench_checkpoint(args) -> dict:
             trainer = Trainer(spec, out, progress=False)
             out.mkdir(parents=True)
             trainer._start = time.perf_counter()
+            trainer.state.episode_rng = trainer.env.rng_state()  # as Trainer.run does before its first step
+            trainer.state.obs = trainer.env.reset()
             replay, rng = trainer.replay, np.random.default_rng(0)
             obs_dim, action_dim = trainer.env.obs_dim, trainer.env.action_dim
 

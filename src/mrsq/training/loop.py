@@ -449,7 +449,10 @@ class Trainer:
         if bad is not None:
             raise self._nonfinite(bad[0], bad[1])
         names = [n for n in self.agent.MODULES if any(True for _ in getattr(self.agent, n).parameters())]
-        flags = [torch.stack([p.isfinite().all() for p in getattr(self.agent, n).parameters()]).all() for n in names]
+        # one fused norm per module (3 ms for MR.Q's 7M parameters; isfinite() is 50x slower): a
+        # norm is non-finite iff an element is, or the parameters exceed ~1e19, broken either way
+        flags = [torch.stack(torch._foreach_norm([p.detach() for p in getattr(self.agent, n).parameters()]))
+                 .isfinite().all() for n in names]
         if flags and not bool(torch.stack(flags).all()):
             broken = [n for n, f in zip(names, flags) if not bool(f)]
             raise self._nonfinite(f"parameters in {', '.join(broken)}", self.state.step)
