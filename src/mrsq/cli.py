@@ -73,10 +73,14 @@ def cmd_train(args) -> int:
     if args.resume:
         given = [flag for flag, value in (("SOURCE", args.source), ("--set", args.overrides), ("--env", args.env),
                                           ("--steps", args.steps), ("--seed", args.seed), ("--out", args.out),
-                                          ("--eval-every", args.eval_every), ("--eval-episodes", args.eval_episodes),
-                                          ("--import", args.imports)) if value]
+                                          ("--eval-every", args.eval_every), ("--eval-episodes", args.eval_episodes))
+                 if value]
         if given:
             raise UsageError(f"--resume {args.resume}: the run's spec comes from its checkpoint; drop {', '.join(given)}")
+        from mrsq import registry
+
+        for module in args.imports:  # a run built from the user's own components needs them again
+            registry.import_module(module)
         trainer = Trainer.resume(Path(args.resume), progress=not args.no_progress, detect_anomaly=args.detect_anomaly)
         out, spec, s = trainer.out, trainer.spec, trainer.state
         if s.step >= spec.train.steps and not s.pending_eval:
@@ -222,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
+    from mrsq import sweep
+
+    p = sub.add_parser("sweep", help="presets x envs x seeds (x --set grids) as Ray tasks, locally or on a cluster; "
+                                     "rerunning skips finished runs and resumes the others")
+    sweep.add_arguments(p)
+    p.set_defaults(func=sweep.main)
+
     p = sub.add_parser("show", help="print the fully resolved spec")
     _add_spec_args(p)
     p.set_defaults(func=cmd_show)
@@ -316,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mrsq: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `mrsq compare ... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -2,7 +2,12 @@
 
 A run folder holds ``spec.yaml``, ``run.json`` and ``eval.csv`` (:mod:`mrsq.training.loop`). A
 run's label is the preset it was trained from (``run.json``'s ``preset``); for folders written
-before that was recorded, the folder name without its ``_s<seed>...`` tail.
+before that was recorded, the folder name without its ``_s<seed>...`` tail. A run of a sweep
+(``OUT/<env>/<variant>/seed<k>/`` below a folder holding ``sweep.json``, :mod:`mrsq.sweep`) is
+labelled with its variant: the preset plus its grid overrides.
+
+A path with no ``eval.csv`` that holds run folders below it (a sweep's output folder, or any
+folder of runs) stands for those run folders, in sorted order.
 """
 
 from __future__ import annotations
@@ -10,13 +15,18 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import yaml
+
+
+SWEEP_JSON = "sweep.json"  # mrsq.sweep writes it in a sweep's output folder
 
 
 class RunFolderError(ValueError):
@@ -71,6 +81,8 @@ def load_run(path: Path, label: str | None = None) -> Run:
         except (yaml.YAMLError, AttributeError, TypeError, ValueError):
             raise RunFolderError(f"{spec_file}: unreadable spec") from None
     if label is None:
+        label = sweep_label(path)
+    if label is None:
         info = {}
         if (path / "run.json").is_file():
             try:
@@ -81,10 +93,80 @@ def load_run(path: Path, label: str | None = None) -> Run:
     return Run(path, label, env, seed, columns)
 
 
+def find_run_folders(path: Path) -> list[Path]:
+    """Run folders (holding ``eval.csv``) at any depth below ``path``, sorted; not below a run folder."""
+    found = []
+    for root, dirs, files in os.walk(path):
+        if "eval.csv" in files and Path(root) != Path(path):
+            found.append(Path(root))
+            dirs.clear()
+        dirs.sort()
+    return sorted(found)
+
+
+def expand_paths(paths: list[Path]) -> list[tuple[Path, bool]]:
+    """Each path as itself when it is a run folder, else the run folders below it: ``[(folder,
+    found_below)]``. A path that is neither is kept, so :func:`load_run` names what is wrong."""
+    out = []
+    for p in map(Path, paths):
+        below = [] if (p / "eval.csv").is_file() or not p.is_dir() else find_run_folders(p)
+        out += [(f, True) for f in below] if below else [(p, False)]
+    return out
+
+
+def _sweep_root(path: Path) -> Path | None:
+    for parent in path.resolve().parents:
+        if (parent / SWEEP_JSON).is_file():
+            return parent
+    return None
+
+
+def sweep_label(path: Path) -> str | None:
+    """The variant name of a sweep's run folder (``OUT/<env>/<variant>/seed<k>``): from the
+    sweep's ``sweep.json``, else from the folder layout; None when ``path`` is not in a sweep."""
+    root = _sweep_root(Path(path))
+    if root is None:
+        return None
+    rel = Path(path).resolve().relative_to(root)
+    try:
+        info = json.loads((root / SWEEP_JSON).read_text())
+        for run in info.get("runs", []):
+            if run.get("folder") == rel.as_posix() and run.get("variant"):
+                return str(run["variant"])
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass
+    if len(rel.parts) == 3 and re.fullmatch(r"seed\d+", rel.parts[2]):
+        return rel.parts[1]
+    return None
+
+
 def load_runs(paths: list[Path], labels: list[str] | None = None) -> list[Run]:
-    if labels and len(labels) != len(paths):
-        raise RunFolderError(f"--label given {len(labels)} times for {len(paths)} runs")
-    return [load_run(p, labels[i] if labels else None) for i, p in enumerate(paths)]
+    expanded = expand_paths(paths)
+    if labels:
+        for p in map(Path, paths):
+            if not (p / "eval.csv").is_file() and p.is_dir() and find_run_folders(p):
+                raise RunFolderError(f"--label: labels are per run folder, and {p} is a folder of "
+                                     f"{len(find_run_folders(p))} runs (their labels come from their presets); "
+                                     "drop --label or give run folders")
+        if len(labels) != len(paths):
+            raise RunFolderError(f"--label given {len(labels)} times for {len(paths)} runs")
+    runs = []
+    for i, (p, below) in enumerate(expanded):
+        if below and not _has_eval_rows(p):  # a run of a sweep still before its first evaluation
+            print(f"mrsq: skipping {p}: no evaluation rows yet", file=sys.stderr)
+            continue
+        runs.append(load_run(p, labels[i] if labels else None))
+    if not runs:
+        raise RunFolderError(f"{', '.join(map(str, paths))}: no run has evaluation rows yet")
+    return runs
+
+
+def _has_eval_rows(path: Path) -> bool:
+    try:
+        with (path / "eval.csv").open() as f:
+            return sum(1 for line in f if line.strip()) > 1
+    except OSError:
+        return False
 
 
 def group(runs: list[Run]) -> dict[str, dict[str, list[Run]]]:

@@ -333,3 +333,32 @@ def test_resume_refuses_spec_flags_and_missing_folders(tmp_path, mrsq_main):
     assert code == 2 and "drop SOURCE" in err
     code, _, err = mrsq_main("train", "--resume", str(tmp_path))
     assert code == 2 and "no checkpoint.pt or checkpoint.prev.pt" in err
+
+
+def test_checkpoints_by_time_and_by_steps(tmp_path, monkeypatch, one_thread):
+    """``train.checkpoint_minutes`` bounds lost work by time, ``train.checkpoint_every`` by steps;
+    the replay write is incremental (one segment per checkpoint that added transitions)."""
+    written = []
+    real = Trainer._checkpoint
+
+    def counting(self, status):
+        written.append(self.state.step)
+        real(self, status)
+
+    monkeypatch.setattr(Trainer, "_checkpoint", counting)
+    clock = iter(range(0, 10**6, 7))  # 7 s per call of time.monotonic
+    monkeypatch.setattr("mrsq.training.loop.time.monotonic", lambda: next(clock))
+    spec = tiny_spec("mrq_small", "gym:InvertedPendulum-v5", 40, eval_every=40, checkpoint_minutes=0.25)
+    Trainer(spec, tmp_path / "by_time", progress=False).run()
+    # 15 s between checkpoints at 7 s per step: every third step or so, plus step 0 and the end
+    assert 10 <= len(written) <= 16 and written[0] == 0 and written[-1] == 40
+    monkeypatch.undo()
+    written.clear()
+    monkeypatch.setattr(Trainer, "_checkpoint", counting)
+    spec = tiny_spec("mrq_small", "gym:InvertedPendulum-v5", 40, eval_every=40, checkpoint_every=15,
+                     checkpoint_minutes=0)
+    Trainer(spec, tmp_path / "by_steps", progress=False).run()
+    assert written == [0, 15, 30, 40]
+    segments = sorted(p.name for p in (tmp_path / "by_steps" / "replay").glob("*[0-9].npy"))
+    assert segments == ["000000000000-000000000015.npy", "000000000015-000000000030.npy",
+                        "000000000030-000000000040.npy"]
