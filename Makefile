@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: install
+	@if [ -d $(DEMO_OUT) ]; then echo "make demo: replacing the previous demo run in $(DEMO_OUT)/"; fi
 	@rm -rf $(DEMO_OUT)
 	$(VENV)/bin/mrsq train $(DEMO_PRESET) --env $(DEMO_ENV) --steps $(DEMO_STEPS) --eval-every 2000 \
 		--eval-episodes 5 --out $(DEMO_OUT)

@@ -46,15 +46,21 @@ def _add_spec_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
     p.add_argument("--eval-episodes", type=int, help="episodes per evaluation (train.eval_episodes)")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import a module that registers your own components (repeatable)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch threads (train.threads; default: torch's choice, all cores). Use 1 per job when "
+                        "several jobs share a machine: two 2-thread jobs on 2 cores run 6-8x slower than 1-thread ones")
 
 
 def _load_spec(args):
     from mrsq import registry, specs
 
+    if args.source and Path(args.source).name == "spec.yaml":  # a run folder's spec: its modules too
+        recorded = _run_json(Path(args.source).parent).get("imports") or []
+        args.imports = list(dict.fromkeys([*recorded, *args.imports]))
     for module in args.imports:
         registry.import_module(module)
     overrides = list(args.overrides)
-    for flag, key in (("env", "env"), ("steps", "steps"), ("seed", "seed"),
+    for flag, key in (("env", "env"), ("steps", "steps"), ("seed", "seed"), ("threads", "threads"),
                       ("eval_every", "eval_every"), ("eval_episodes", "eval_episodes")):
         value = getattr(args, flag, None)
         if value is not None:
@@ -83,6 +89,10 @@ def cmd_train(args) -> int:
             registry.import_module(module)
         trainer = Trainer.resume(Path(args.resume), progress=not args.no_progress, detect_anomaly=args.detect_anomaly)
         out, spec, s = trainer.out, trainer.spec, trainer.state
+        if args.threads:  # another thread count than the run's: correct, but no longer bit-exact
+            import torch
+
+            torch.set_num_threads(args.threads)
         if s.step >= spec.train.steps and not s.pending_eval:
             trainer.run()  # marks run.json done
             print(f"mrsq: {out} is already complete ({s.step} steps); nothing to do", file=sys.stderr)
@@ -94,13 +104,22 @@ def cmd_train(args) -> int:
             raise UsageError("train needs a preset name or YAML spec (or --resume RUN_FOLDER)")
         spec = _load_spec(args)
         parse_env_id(spec.train.env)
+        _check_device(spec.train.device)
         out = Path(args.out) if args.out else _default_out(args.source, spec)
+        created = not out.exists()
+        _check_out_folder(out)
+        _clear_failed_start(out)
         if (out / "checkpoint.pt").exists() or (out / "eval.csv").exists():
             raise UsageError(f"--out {out}: already holds a run; continue it with `mrsq train --resume {out}` or "
                              "choose another folder (nothing was overwritten)")
-        trainer = Trainer(spec, out, progress=not args.no_progress, preset=Path(args.source).stem,
-                          detect_anomaly=args.detect_anomaly)
-        print(f"mrsq: training {Path(args.source).stem} on {spec.train.env} (seed {spec.train.seed}, "
+        try:
+            trainer = Trainer(spec, out, progress=not args.no_progress, preset=_preset_name(args.source),
+                              detect_anomaly=args.detect_anomaly, imports=list(dict.fromkeys(args.imports)))
+        except BaseException:
+            if created and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()  # leave no trace of a run that never started
+            raise
+        print(f"mrsq: training {_preset_name(args.source)} on {spec.train.env} (seed {spec.train.seed}, "
               f"{spec.train.steps} steps) -> {out}", file=sys.stderr)
     print(f"mrsq: {trainer.runtime.summary()}", file=sys.stderr)
     if trainer.runtime.compile:
@@ -124,9 +143,73 @@ def cmd_train(args) -> int:
     return 130 if result.interrupted else 0
 
 
+def _check_device(device: str) -> str:
+    """``train.device: cuda`` on a machine without CUDA: one line now, not a traceback later."""
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("train.device is cuda, but torch sees no CUDA device here (use auto or cpu)")
+    return device
+
+
+def _check_out_folder(out: Path) -> None:
+    """The run folder must be a folder we can create and write, before any work is done."""
+    for parent in (out, *out.parents):
+        if parent.exists() and not parent.is_dir():
+            where = "is a file" if parent == out else f"is below the file {parent}"
+            raise UsageError(f"--out {out}: {where}; give a folder")
+    try:  # create it now and prove it writable: failing here costs nothing
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".mrsq-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot create or write it ({exc.strerror or exc})") from None
+
+
+def _run_json(folder: Path) -> dict:
+    import json
+
+    try:
+        return json.loads((folder / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _clear_failed_start(out: Path) -> None:
+    """A run that failed before its first checkpoint left nothing worth keeping: let --out reuse
+    the folder (its files are replaced; anything else in it is left alone)."""
+    has_checkpoint = any((out / name).exists() for name in ("checkpoint.pt", "checkpoint.prev.pt"))
+    if _run_json(out).get("status") == "failed" and not has_checkpoint:
+        import shutil
+
+        for name in ("eval.csv", "train.csv", "spec.yaml", "run.json"):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "replay", ignore_errors=True)
+        print(f"mrsq: {out} held a run that failed before its first checkpoint; starting over in it",
+              file=sys.stderr)
+
+
+def _preset_name(source: str) -> str:
+    """The label of a run: the preset's name, or the YAML file's stem; rerunning a run folder's
+    ``spec.yaml`` keeps the preset that run came from (its ``run.json``)."""
+    path = Path(source)
+    if path.name == "spec.yaml" and (path.parent / "run.json").is_file():
+        import json
+
+        try:
+            preset = json.loads((path.parent / "run.json").read_text()).get("preset")
+        except (OSError, ValueError):
+            preset = None
+        if preset:
+            return str(preset)
+    return path.stem
+
+
 def _default_out(source: str, spec) -> Path:
     env = spec.train.env.replace(":", "-").replace("/", "-")
-    return Path("runs") / f"{Path(source).stem}_{env}_s{spec.train.seed}_{time.strftime('%Y%m%d-%H%M%S')}"
+    return Path("runs") / f"{_preset_name(source)}_{env}_s{spec.train.seed}_{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def cmd_show(args) -> int:
@@ -160,19 +243,36 @@ def cmd_list(args) -> int:
 def cmd_eval(args) -> int:
     from mrsq import specs
     from mrsq.envs import make_env
-    from mrsq.training.checkpoint import load_checkpoint
+    from mrsq.training.checkpoint import env_dims, load_checkpoint
     from mrsq.training.loop import build_agent, evaluate, resolve_device
 
+    if args.episodes < 1:
+        raise UsageError(f"--episodes {args.episodes}: evaluate at least one episode")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.seed is not None and not 0 <= args.seed < 2**32:
+        raise UsageError(f"--seed {args.seed}: must be in [0, 2**32)")
+    from mrsq import registry
+
     payload = load_checkpoint(Path(args.checkpoint))
+    recorded = (payload.get("extra") or {}).get("imports") or []
+    for module in dict.fromkeys([*recorded, *args.imports]):  # the run's own components
+        registry.import_module(module)
     spec = specs.from_yaml(payload["spec"], where=f"{args.checkpoint} (spec)")
     env_id = args.env or spec.train.env
     env = make_env(env_id, spec.train.seed + 100 if args.seed is None else args.seed)
-    agent = build_agent(spec, env, resolve_device(spec.train.device))
+    trained = env_dims(payload)
+    if trained and (env.obs_dim, env.action_dim) != trained:
+        raise UsageError(f"--env {env_id}: observations of {env.obs_dim} and actions of {env.action_dim}, but "
+                         f"{args.checkpoint} was trained on {spec.train.env} with {trained[0]} and {trained[1]}")
+    agent = build_agent(spec, env, resolve_device(_check_device(spec.train.device)))
     try:
         agent.load_training_state(payload["agent"])
     except (KeyError, RuntimeError, TypeError, ValueError) as exc:  # a forged or foreign agent state
         raise UsageError(f"{args.checkpoint}: weights do not match its spec ({str(exc).splitlines()[0][:200]})") from None
-    ev = evaluate(agent, env, args.episodes)
+    ev = evaluate(agent, env, args.episodes, progress=not args.no_progress)
     print(f"{env_id}: return {ev.return_mean:.1f} +- {ev.return_std:.1f} over {args.episodes} episodes "
           f"(checkpoint step {payload['step']})")
     d = ev.diagnostics
@@ -189,9 +289,22 @@ def cmd_bench(args) -> int:
     return bench.main(args)
 
 
+PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
 def cmd_plot(args) -> int:
     from mrsq.plot import plot_runs
 
+    target = Path(args.out)
+    if target.is_dir():
+        raise UsageError(f"--out {target}: is a folder; give a file name such as {target / 'curves.png'}")
+    if target.suffix.lower() not in PLOT_SUFFIXES:
+        raise UsageError(f"--out {target}: unsupported image type {target.suffix or '(no suffix)'!r}; "
+                         f"use one of {', '.join(PLOT_SUFFIXES)}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {target}: cannot create its folder ({exc.strerror or exc})") from None
     out = plot_runs([Path(r) for r in args.runs], Path(args.out), title=args.title, labels=args.label)
     print(f"mrsq: wrote {out}")
     return 0
@@ -206,6 +319,11 @@ def cmd_compare(args) -> int:
 
 def cmd_diagnose(args) -> int:
     from mrsq import diagnose
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     return diagnose.main(args)
 
@@ -247,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--env", help="evaluate on another env id than the one trained on")
     p.add_argument("--seed", type=int, help="eval env seed (default: train seed + 100)")
+    p.add_argument("--threads", type=int, metavar="N", help="torch threads (default: torch's choice)")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="a module with your own components (those recorded in the checkpoint are imported anyway)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("plot", help="learning curves (+ value error, divergence) of run folders, grouped "
@@ -271,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=1000, help="independent searches")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="one JSON object: empirical, analytic, ci_low, ci_high, trials")
+    p.add_argument("--threads", type=int, metavar="N", help="torch threads (default: torch's choice)")
     p.add_argument("--plot", metavar="FILE.png", help="also plot success vs horizon for A in {2, 4, 10} (same m, trials)")
     p.set_defaults(func=cmd_diagnose)
 

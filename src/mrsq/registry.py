@@ -119,10 +119,17 @@ FAMILIES: dict[str, Registry] = {r.family: r for r in
 
 def import_module(path: str) -> None:
     """Import a user's module so its ``@register`` decorators run (``--import my_pkg.mod``)."""
+    if not path or path.startswith(".") or not all(part.isidentifier() for part in path.split(".")):
+        raise RegistryError(f"--import {path!r}: give an absolute module name such as my_pkg.components "
+                            "(importable: on PYTHONPATH or installed)")
     try:
         importlib.import_module(path)
     except ImportError as exc:
-        raise RegistryError(f"--import {path}: cannot import it ({exc})") from None
+        raise RegistryError(f"--import {path}: cannot import it ({exc}); it must be on PYTHONPATH or installed") from None
+    except Exception as exc:  # noqa: BLE001 - the user's module raised while importing: one line, naming it
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise RegistryError(f"--import {path}: the module raised {type(exc).__name__} while importing"
+                            + (f": {first}" if first else "")) from None
 
 
 _entry_points_loaded = False

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import copy
 import difflib
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Iterable
 
 import yaml
-from pydantic import BaseModel, ConfigDict, SerializeAsAny, ValidationError, WrapValidator, model_validator
+from pydantic import (BaseModel, ConfigDict, SerializeAsAny, ValidationError, WrapValidator, field_validator,
+                      model_validator)
 
 from mrsq.registry import PRESETS, Registry, UnknownComponentError
 
@@ -30,11 +32,37 @@ class SpecError(ValueError):
     """A user-caused spec problem; the message names the dotted path of the bad field."""
 
 
+def _mentions(annotation: Any, kinds: tuple[type, ...]) -> bool:
+    """Whether a field annotation is, or is a union/Annotated holding, one of ``kinds``."""
+    if annotation in kinds:
+        return True
+    return any(_mentions(a, kinds) for a in typing.get_args(annotation) if not isinstance(a, (str, int, float)))
+
+
+def no_bool_for_numbers(model: type[BaseModel], value: Any, info: Any) -> Any:
+    """YAML's ``true`` is not a count: pydantic would turn ``num_members: true`` into 1 critic."""
+    if isinstance(value, bool) and info.field_name in model.model_fields:
+        annotation = model.model_fields[info.field_name].annotation
+        if _mentions(annotation, (int, float)) and not _mentions(annotation, (bool,)):
+            raise ValueError(f"expected a number, got {str(value).lower()} (a boolean)")
+    return value
+
+
+# Shared by every spec model: unknown fields are errors, numbers are finite (a learning rate or a
+# loss weight of inf/NaN validates nothing), and assignments are validated too.
+STRICT = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
 class Spec(BaseModel):
     """Base of every component spec."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(**STRICT, frozen=False)
     type: str
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: Any) -> Any:
+        return no_bool_for_numbers(cls, value, info)
 
     @model_validator(mode="before")
     @classmethod
@@ -91,9 +119,9 @@ def format_validation_error(exc: ValidationError, root: type[BaseModel] | None =
             msg = "unknown field" + _allowed_fields(root, data, err["loc"])
         elif err["type"] == "literal_error":
             msg = f"{msg}, got {err['input']!r}"
-        elif "input" in err and not isinstance(err["input"], (dict, list)):
+        elif "input" in err and not isinstance(err["input"], (dict, list)) and "got " not in msg:
             msg = f"{msg} (got {err['input']!r})"
-        lines.append(f"{path or '<root>'}: {msg}")
+        lines.append(f"{path}: {msg}" if path else msg)  # a cross-field check names its own fields
     return "; ".join(lines)
 
 
@@ -143,13 +171,38 @@ def deep_merge(base: dict, diff: dict) -> dict:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML
+    silently keeps the last, so a pasted-twice ``critic:`` block would half-apply)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: let PyYAML report it
+                continue
+            if first != key_node.start_mark.line + 1:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {first})", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load`` that rejects duplicate keys."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_yaml(path: Path) -> dict:
     try:
         text = path.read_text()
     except OSError as exc:
         raise SpecError(f"{path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not a text file (a YAML spec is UTF-8 text)") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -211,6 +264,11 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
+        value = raw
+    # a mapping or list only when written as one: `train.env=dmc:` is the text "dmc:", not {dmc: None}
+    if isinstance(value, dict) and not raw.strip().startswith("{"):
+        value = raw
+    if isinstance(value, list) and not raw.strip().startswith("["):
         value = raw
     return key.split("."), value
 
@@ -278,7 +336,7 @@ def to_yaml(spec: Spec) -> str:
 
 def from_yaml(text: str, where: str = "spec") -> Spec:
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
     except yaml.YAMLError as exc:
         raise SpecError(f"{where}: invalid YAML ({exc})") from None
     if not isinstance(data, dict):

@@ -193,7 +193,7 @@ def test_eval_corrupt_checkpoint_subprocess(mrsq_subprocess, tmp_path):
     ckpt.write_bytes(random.Random(0).randbytes(4096))
     proc = mrsq_subprocess("eval", ckpt, "--episodes", "1")
     assert proc.returncode == 2
-    assert_one_line_error(proc.stderr, str(ckpt), "not a readable mrsq checkpoint")
+    assert_one_line_error(proc.stderr, str(ckpt), "not an mrsq checkpoint (not a torch.save archive)")
 
 
 def test_eval_missing_checkpoint(mrsq_main, tmp_path):

@@ -421,7 +421,10 @@ class MRQ(Agent):
         self.reward_scale, self.target_reward_scale = scalars["reward_scale"], scalars["target_reward_scale"]
 
     def actor_module(self):
-        """``observation -> zs -> action`` as a TensorDictSequential for TorchRL pipelines."""
+        """``observation -> zs -> action`` as a TensorDictSequential for TorchRL pipelines: the
+        deterministic policy, batched and differentiable, actions in ``[-1, 1]``, **without
+        search and without exploration noise**. The action the agent takes (with its planner)
+        is ``mrsq.api.PlanningActor`` (``Experiment.actor(planning=True)``)."""
         from tensordict.nn import TensorDictSequential
 
         return TensorDictSequential(self.encoder.as_tensordict_module(), self.policy.as_tensordict_module())

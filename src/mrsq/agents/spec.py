@@ -4,14 +4,22 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mrsq.registry import AGGREGATORS
-from mrsq.specs import component
+from mrsq.specs import STRICT, component, no_bool_for_numbers
+
+# numpy and dm_control seed with 32-bit integers; the evaluation env uses seed + 100
+MAX_SEED = 2**32 - 1 - 100
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(**STRICT)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value, info):
+        return no_bool_for_numbers(cls, value, info)
 
 
 class LossWeights(Section):
@@ -68,7 +76,7 @@ class TrainSpec(Section):
     """The run: environment, seed, length, evaluation and logging cadence."""
 
     env: str = Field("dmc:cartpole-swingup", description="<prefix>:<id>, e.g. dmc:cheetah-run, gym:Hopper-v5")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     steps: int = Field(500_000, ge=1, description="environment (agent) steps")
     eval_every: int = Field(5_000, ge=1)
     eval_episodes: int = Field(10, ge=1)

@@ -95,6 +95,11 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":  # torch.save writes a zip archive
+        what = "an empty file" if not magic else "not a torch.save archive"
+        raise CheckpointError(f"{path}: not an mrsq checkpoint ({what})")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for truncated/garbage files
@@ -109,6 +114,17 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(sorted(missing))}")
     return payload
+
+
+def env_dims(payload: dict) -> tuple[int, int] | None:
+    """``(obs_dim, action_dim)`` the checkpoint's agent was built for, when it records them."""
+    extra = payload.get("extra") or {}
+    if "obs_dim" in extra and "action_dim" in extra:
+        return int(extra["obs_dim"]), int(extra["action_dim"])
+    replay = (payload.get("resume") or {}).get("replay") or {}
+    if "obs_dim" in replay and "action_dim" in replay:
+        return int(replay["obs_dim"]), int(replay["action_dim"])
+    return None
 
 
 def remove_stale_tmp(folder: Path) -> None:

@@ -11,7 +11,8 @@ import torch
 
 
 class CSVLog:
-    """Append rows with fixed columns; each row is flushed so an interrupted run keeps every row.
+    """Append rows with fixed columns (``\n`` line ends); each row is flushed so an interrupted run
+    keeps every row.
 
     ``resume_at=K`` continues an existing file: rows with ``step > K`` (written after the
     checkpoint being resumed) are dropped first, so a resumed run never duplicates a row. The
@@ -22,10 +23,12 @@ class CSVLog:
         if resume_at is not None and self.path.is_file():
             self._truncate_after(resume_at)
             self._file = self.path.open("a", newline="")
-            self._writer = csv.DictWriter(self._file, fieldnames=self.columns, extrasaction="ignore")
+            self._writer = csv.DictWriter(self._file, fieldnames=self.columns, extrasaction="ignore",
+                                          lineterminator="\n")
             return
         self._file = self.path.open("w", newline="")
-        self._writer = csv.DictWriter(self._file, fieldnames=self.columns, extrasaction="ignore")
+        self._writer = csv.DictWriter(self._file, fieldnames=self.columns, extrasaction="ignore",
+                                          lineterminator="\n")
         self._writer.writeheader()
         self._file.flush()
 
@@ -44,7 +47,7 @@ class CSVLog:
                 break
             kept.append(line)
         if not kept or kept[0].rstrip("\r\n").split(",") != self.columns:
-            kept = [",".join(self.columns) + "\r\n"] + kept[1:]
+            kept = [",".join(self.columns) + "\n"] + kept[1:]
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text("".join(kept), newline="")
         tmp.replace(self.path)

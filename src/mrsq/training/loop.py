@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mrsq import specs
+from mrsq import registry, specs
 from mrsq.agents.base import Agent
 from mrsq.envs import Env, make_env
 from mrsq.envs.base import replay_episode
@@ -111,22 +111,24 @@ class EvaluationAborted(Exception):
     """``evaluate``'s ``should_stop`` returned True (the caller restores what it consumed)."""
 
 
-def evaluate(agent, env: Env, episodes: int, should_stop=None) -> Evaluation:
+def evaluate(agent, env: Env, episodes: int, should_stop=None, progress: bool = False) -> Evaluation:
     """``episodes`` deterministic episodes: return mean and std, value error and divergence.
 
     The planner's warm-start state is saved and restored around the evaluation: an evaluation
     that falls mid-episode must not hand its last plan to the next training action.
     ``should_stop()`` is polled every step; when it returns True the evaluation is abandoned
-    (:class:`EvaluationAborted`)."""
+    (:class:`EvaluationAborted`). ``progress``: a bar over the episodes' steps (``mrsq eval``)."""
     saved = [b.clone() for b in agent.planner.buffers()]
+    bar = _progress(episodes * env.max_episode_steps, progress, unit_name="eval step")
     try:
-        return _evaluate_episodes(agent, env, episodes, should_stop)
+        return _evaluate_episodes(agent, env, episodes, should_stop, bar)
     finally:
+        bar.close()
         for buf, value in zip(agent.planner.buffers(), saved):
             buf.copy_(value)
 
 
-def _evaluate_episodes(agent, env: Env, episodes: int, should_stop) -> Evaluation:
+def _evaluate_episodes(agent, env: Env, episodes: int, should_stop, bar) -> Evaluation:
     returns = []
     recorder = ValueErrorRecorder(agent, agent.spec.discount)
     agent.pop_divergence(explore=False)  # start clean
@@ -144,8 +146,10 @@ def _evaluate_episodes(agent, env: Env, episodes: int, should_stop) -> Evaluatio
             total += reward
             first = False
             done = terminated or truncated
+            bar.update(1)
         recorder.end_episode(bool(terminated))
         returns.append(total)
+        bar.set_postfix(episode=len(returns), ret=f"{total:.1f}", refresh=False)
     diagnostics = recorder.stats()
     diagnostics["search_divergence"] = agent.pop_divergence(explore=False)
     return Evaluation(float(np.mean(returns)), float(np.std(returns)), diagnostics)
@@ -184,8 +188,9 @@ class Trainer:
     a run folder exactly where its last checkpoint left it."""
 
     def __init__(self, spec, out: Path, progress: bool = True, preset: str | None = None,
-                 detect_anomaly: bool = False) -> None:
+                 detect_anomaly: bool = False, imports: list[str] | tuple[str, ...] = ()) -> None:
         self.spec, self.out, self.progress = spec, Path(out), progress
+        self.imports = list(imports)  # user modules the spec's components come from (run.json, checkpoints)
         self.preset = preset  # the preset or YAML file's name, recorded in run.json for plot/compare labels
         self.detect_anomaly = detect_anomaly
         t = spec.train
@@ -198,7 +203,11 @@ class Trainer:
         self.runtime = resolve_runtime(spec.precision, spec.compile, self.device)
         self.agent = build_agent(spec, self.env, self.device, self.runtime)
         r = spec.replay
-        capacity = min(r.capacity, t.steps)
+        horizon = self.agent.replay_horizon
+        if r.capacity <= horizon:
+            raise specs.SpecError(f"replay.capacity ({r.capacity}) must exceed the agent's replay window "
+                                  f"({horizon} transitions)")
+        capacity = max(min(r.capacity, t.steps), horizon + 1)  # no larger than the run needs
         storage = LAPReplay.storage_bytes(self.env.obs_dim, self.env.action_dim, capacity)
         self.replay = LAPReplay(self.env.obs_dim, self.env.action_dim, capacity=capacity,
                                 horizon=self.agent.replay_horizon, alpha=r.alpha,
@@ -225,10 +234,14 @@ class Trainer:
         warn = warn or (lambda line: print(f"mrsq: warning: {line}", file=sys.stderr))
         if not out.is_dir():
             raise ResumeError(f"--resume {out}: no such run folder")
+        info = _read_json(out / "run.json")
+        imports = list(info.get("imports") or [])
+        for module in imports:  # the run's own components, recorded when it started
+            registry.import_module(module)
         payload, path = load_latest(out, validate=_validate_resumable, warn=warn)
         spec = specs.from_yaml(payload["spec"], where=f"{path} (spec)")
-        info = _read_json(out / "run.json")
-        trainer = cls(spec, out, progress=progress, preset=info.get("preset"), detect_anomaly=detect_anomaly)
+        trainer = cls(spec, out, progress=progress, preset=info.get("preset"), detect_anomaly=detect_anomaly,
+                      imports=imports)
         trainer.resumes = int(info.get("resumes", 0)) + 1
         trainer._restore(payload, path, warn)
         return trainer
@@ -281,7 +294,12 @@ class Trainer:
         self.resumed_from = path
 
     # ------------------------------------------------------------------------------ the loop
-    def run(self) -> RunResult:
+    def run(self, callback=None) -> RunResult:
+        """Train to ``train.steps`` (or until stopped). ``callback(event: dict)`` is called with
+        every train.csv row (``event["kind"] == "train"``) and every evaluation (``"eval"``), the
+        row's columns included; returning ``False`` stops the run as SIGTERM does (final
+        checkpoint, complete CSVs, resumable), e.g. for early stopping."""
+        self._callback = callback
         t, s = self.spec.train, self.state
         self.out.mkdir(parents=True, exist_ok=True)
         fresh = self.resumed_from is None
@@ -302,7 +320,8 @@ class Trainer:
         self._start = time.perf_counter() - s.elapsed
         self._last_checkpoint_time = time.monotonic()
         last_log_time = time.perf_counter()
-        sps = "-"  # steps/s of the last train.csv row, shown on the progress bar
+        sps = "-"  # the current steps/s (over the last second or more), shown on the progress bar
+        rate_step, rate_time = s.step, time.perf_counter()
         if fresh:
             s.episode_rng = self._env_rng(self.env)
             s.obs, s.first = self.env.reset(), True
@@ -330,11 +349,13 @@ class Trainer:
                 if s.step >= t.steps:
                     status = "done"
                     break
+                if self._stop_signal is not None:
+                    continue  # asked during the evaluation or checkpoint just done: stop before stepping
                 step = s.step + 1
                 failpoint("step", step)
                 self._env_step(step)
                 s.step = step
-                if step % t.log_every == 0:
+                if step % t.log_every == 0 or step == t.steps:  # and a last row for the run's final steps
                     now = time.perf_counter()
                     row = {"step": step, "wall_time": now - self._start, "episodes": s.episodes,
                            "steps_per_s": (step - s.last_log_step) / max(now - last_log_time, 1e-9),
@@ -343,16 +364,21 @@ class Trainer:
                     bad = self.means.first_nonfinite()
                     row.update(self.means.pop())
                     train_log.write(row)
+                    self._notify("train", row)
                     if bad is not None:
                         raise self._nonfinite(f"{bad[0]} = {row.get(bad[0])}", bad[1])
                     s.last_log_step, last_log_time = step, now
-                    sps = f"{row['steps_per_s']:.0f}"
-                    bar.set_postfix(sps=sps, eval=_last(result), refresh=False)
                 if step % t.eval_every == 0 or step == t.steps:
                     s.pending_eval = True
                 if t.checkpoint_every and step % t.checkpoint_every == 0:
                     checkpoint_due = True
                 bar.update(1)
+                if self.progress and step - rate_step >= 20:
+                    now = time.perf_counter()
+                    if now - rate_time >= 1.0:  # the rate now, not the warm-up's
+                        sps = f"{(step - rate_step) / (now - rate_time):.1f}"
+                        rate_step, rate_time = step, now
+                        bar.set_postfix(sps=sps, eval=_last(result), refresh=False)
             result.steps = s.step
         except NonFiniteError:
             status = "diverged"
@@ -427,13 +453,19 @@ class Trainer:
             if cuda_rng is not None:
                 torch.cuda.set_rng_state_all(cuda_rng)
             return False
-        log.write({"step": s.step, "return_mean": ev.return_mean, "return_std": ev.return_std,
-                   "episodes": self.spec.train.eval_episodes, "wall_time": time.perf_counter() - self._start,
-                   **ev.diagnostics})
+        row = {"step": s.step, "return_mean": ev.return_mean, "return_std": ev.return_std,
+               "episodes": self.spec.train.eval_episodes, "wall_time": time.perf_counter() - self._start,
+               **ev.diagnostics}
+        log.write(row)
         s.last_eval = [s.step, ev.return_mean, ev.return_std]
         result.evals.append((s.step, ev.return_mean, ev.return_std))
         s.pending_eval = False
+        self._notify("eval", row)
         return True
+
+    def _notify(self, kind: str, row: dict) -> None:
+        if getattr(self, "_callback", None) is not None and self._callback({"kind": kind, **row}) is False:
+            self.request_stop()
 
     # ------------------------------------------------------------------------------ checkpoints
     def _nonfinite(self, what: str, step: int) -> NonFiniteError:
@@ -473,6 +505,8 @@ class Trainer:
         s.elapsed = time.perf_counter() - self._start
         save_checkpoint(self.out / CHECKPOINT, spec_yaml=self.spec_yaml, agent_state=self.agent.training_state(),
                         step=s.step, resume=self._resume_state(segments), keep_previous=True,
+                        extra={"obs_dim": self.env.obs_dim, "action_dim": self.env.action_dim,
+                               "imports": self.imports},
                         write_number=self._writes)
         self._previous_segments, self._segments = self._segments, segments
         self._saved_added = self.replay.num_added
@@ -537,7 +571,7 @@ class Trainer:
         """``run.json``: what ``auto`` resolved to on this machine (spec.yaml keeps ``auto``), the
         compile seconds once known, and the run's status (``running``, ``interrupted``, ``done``,
         ``diverged``, ``failed``) with the step of its last checkpoint."""
-        info = {"preset": self.preset, "status": status, "step": self.state.checkpoint_step,
+        info = {"preset": self.preset, "imports": self.imports, "status": status, "step": self.state.checkpoint_step,
                 "steps": self.spec.train.steps, "resumes": self.resumes, "runtime": self.runtime.as_dict(),
                 "compile_seconds": {c.name: c.compile_seconds for c in self.agent.compiled_functions()
                                     if c.compile_seconds}}
@@ -584,8 +618,8 @@ def _last(result: RunResult) -> str:
     return f"{result.evals[-1][1]:.1f}" if result.evals else "-"
 
 
-def _progress(total: int, enabled: bool, initial: int = 0):
+def _progress(total: int, enabled: bool, initial: int = 0, unit_name: str = "step"):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True,
+    return tqdm(total=total, initial=initial, disable=not enabled, unit=unit_name, dynamic_ncols=True,
                 mininterval=0.5, smoothing=0.05)

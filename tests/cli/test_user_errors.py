@@ -1,0 +1,182 @@
+"""Bad inputs a newcomer gives the CLI: each is one line on stderr, exit status 2, no traceback,
+and no file touched; the spec-level ones are caught by ``mrsq show`` (no training started)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import mrsq.components  # noqa: F401
+from mrsq import specs
+from mrsq.training.checkpoint import save_checkpoint
+from mrsq.training.loop import Trainer
+
+from tests.cli.test_cli import assert_one_line_error
+
+
+def snapshot(folder: Path) -> dict:
+    return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*")}
+
+
+SPEC_ERRORS = [
+    (["--set", "critic.num_members=true"], ["critic.num_members", "a boolean"]),
+    (["--set", "optim.critic_lr=.inf"], ["optim.critic_lr", "finite"]),
+    (["--set", "losses.reward=.nan"], ["losses.reward", "finite"]),
+    (["--seed", "-1"], ["train.seed", "greater than or equal to 0"]),
+    (["--seed", str(2**32)], ["train.seed", "less than or equal to"]),
+    (["--set", "aggregators.target.type=min_of_k", "--set", "aggregators.target.k=7"],
+     ["aggregators.target.k (7) exceeds critic.num_members (5)"]),
+]
+
+
+@pytest.mark.parametrize("args,fragments", SPEC_ERRORS, ids=[" ".join(a) for a, _ in SPEC_ERRORS])
+def test_spec_errors_are_caught_at_show_time(mrsq_main, args, fragments):
+    code, out, err = mrsq_main("show", "mrsq_small", *args)
+    assert code == 2 and out == ""
+    assert_one_line_error(err, *fragments)
+
+
+def test_yaml_files_duplicate_keys_and_binaries(mrsq_main, tmp_path):
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("extends: mrq_small\nbatch_size: 64\ncritic: {hidden_dim: 64}\nbatch_size: 32\n")
+    code, _, err = mrsq_main("show", dup)
+    assert code == 2
+    assert_one_line_error(err, str(dup), "line 4", "duplicate key 'batch_size' (first on line 2)")
+    binary = tmp_path / "weights.yaml"
+    binary.write_bytes(bytes(range(256)) * 4)
+    code, _, err = mrsq_main("show", binary)
+    assert code == 2
+    assert_one_line_error(err, str(binary), "not a text file")
+
+
+@pytest.fixture
+def run_folder(tmp_path) -> Path:
+    """A finished tiny run on InvertedPendulum (observations 4, actions 1)."""
+    threads = torch.get_num_threads()
+    spec = specs.load("mrq_small", ["train.env=gym:InvertedPendulum-v5", "train.steps=30", "train.eval_every=30",
+                                    "train.eval_episodes=1", "train.threads=1", "warmup_steps=10",
+                                    "batch_size=8", "train.log_every=25"])
+    Trainer(spec, tmp_path / "run", progress=False, preset="mrq_small").run()
+    torch.set_num_threads(threads)
+    return tmp_path / "run"
+
+
+def test_train_and_eval_misuse(mrsq_main, tmp_path, run_folder):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    cases = [
+        (["train", "mrq_small", "--out", a_file], [f"--out {a_file}: is a file"]),
+        (["train", "mrq_small", "--out", a_file / "run"], [f"is below the file {a_file}"]),
+        (["train", "mrq_small", "--out", "/proc/mrsq-run"], ["--out /proc/mrsq-run: cannot create or write it"]),
+        (["train", "mrq_small", "--env", "dmc:", "--out", tmp_path / "x"], ["empty name after the prefix"]),
+        (["train", "mrq_small", "--import", ".relative", "--out", tmp_path / "x"], ["absolute module name"]),
+        (["eval", run_folder / "checkpoint.pt", "--episodes", "0"], ["--episodes 0"]),
+        (["eval", run_folder / "checkpoint.pt", "--seed", "-3"], ["--seed -3"]),
+        (["eval", run_folder / "checkpoint.pt", "--env", "dmc:cartpole-swingup"],
+         ["observations of 5 and actions of 1", "gym:InvertedPendulum-v5 with 4 and 1"]),
+        (["eval", a_file], ["not an mrsq checkpoint (not a torch.save archive)"]),
+        (["plot", run_folder, "--out", tmp_path], ["is a folder; give a file name"]),
+        (["plot", run_folder, "--out", tmp_path / "curves.gif"], ["unsupported image type '.gif'"]),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["train", "mrq_small", "--set", "train.device=cuda", "--out", tmp_path / "x"],
+                      ["train.device is cuda, but torch sees no CUDA device"]))
+    before = snapshot(tmp_path)
+    for argv, fragments in cases:
+        code, out, err = mrsq_main(*argv)
+        assert code == 2, (argv, err)
+        assert_one_line_error(err, *fragments)
+    assert snapshot(tmp_path) == before  # nothing written, nothing touched
+
+
+def test_import_of_a_module_that_raises(mrsq_main, tmp_path, monkeypatch):
+    (tmp_path / "broken_components.py").write_text("raise RuntimeError('missing licence key')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, _, err = mrsq_main("show", "mrq_small", "--import", "broken_components")
+    assert code == 2
+    assert_one_line_error(err, "--import broken_components: the module raised RuntimeError while importing: "
+                               "missing licence key")
+
+
+def test_run_outputs_newcomers_expect(run_folder):
+    """A final train.csv row at the end of the run (30 steps, rows every 25), '\\n' line ends."""
+    text = (run_folder / "train.csv").read_bytes()
+    assert b"\r" not in text and b"\r" not in (run_folder / "eval.csv").read_bytes()
+    steps = [line.split(b",")[0] for line in text.splitlines()[1:]]
+    assert steps == [b"25", b"30"]
+
+
+def test_threads_flag(mrsq_main, run_folder):
+    threads = torch.get_num_threads()
+    try:
+        code, out, err = mrsq_main("eval", run_folder / "checkpoint.pt", "--episodes", "1", "--threads", "1",
+                                   "--no-progress")
+        assert code == 0 and torch.get_num_threads() == 1, err
+        code, out, _ = mrsq_main("show", "mrq_small", "--threads", "1")
+        assert code == 0 and "threads: 1" in out
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_rerunning_a_run_folders_spec_keeps_its_preset_name(run_folder, tmp_path):
+    from mrsq.cli import _default_out, _preset_name
+
+    spec_file = run_folder / "spec.yaml"
+    assert _preset_name(str(spec_file)) == "mrq_small"
+    out = _default_out(str(spec_file), specs.load(str(spec_file)))
+    assert out.name.startswith("mrq_small_gym-InvertedPendulum-v5_s0_")
+
+
+@pytest.mark.slow
+def test_a_run_with_user_components_works_from_its_folder_alone(tmp_path):
+    """Trained with --import: `eval`, `--resume` and `train RUN/spec.yaml` need no --import again."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import PLUGIN_DIR, cli_env
+
+    def mrsq(*argv, plugins=False):
+        return subprocess.run([sys.executable, "-m", "mrsq.cli", *map(str, argv)], cwd=tmp_path, text=True,
+                              capture_output=True, env=cli_env([PLUGIN_DIR] if plugins else None), timeout=300)
+
+    run = tmp_path / "run"
+    small = ["--set", "warmup_steps=20", "--set", "batch_size=8", "--set", "train.log_every=20",
+             "--eval-episodes", "1", "--threads", "1", "--no-progress"]
+    trained = mrsq("train", "mrq_small", "--import", "my_plugin", "--set", "critic.type=my_critic",
+                   "--env", "gym:InvertedPendulum-v5", "--steps", "40", "--eval-every", "20", *small,
+                   "--out", run, plugins=True)
+    assert trained.returncode == 0, trained.stderr
+    assert json.loads((run / "run.json").read_text())["imports"] == ["my_plugin"]
+    # the module must still be importable (on PYTHONPATH), but nobody has to remember to --import it
+    evaluated = mrsq("eval", run / "checkpoint.pt", "--episodes", "1", "--no-progress", plugins=True)
+    assert evaluated.returncode == 0, evaluated.stderr
+    resumed = mrsq("train", "--resume", run, "--no-progress", plugins=True)
+    assert resumed.returncode == 0 and "already complete" in resumed.stderr, resumed.stderr
+    again = mrsq("train", run / "spec.yaml", "--steps", "20", "--eval-every", "20", "--no-progress",
+                 "--out", tmp_path / "again", plugins=True)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "again" / "run.json").read_text())["preset"] == "mrq_small"
+    # without the module on the path: one line naming it
+    missing = mrsq("eval", run / "checkpoint.pt", "--episodes", "1")
+    assert missing.returncode == 2 and "--import my_plugin: cannot import it" in missing.stderr
+
+
+def test_out_reuses_a_folder_whose_run_failed_before_its_first_checkpoint(mrsq_main, tmp_path):
+    import json
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "eval.csv").write_text("step,return_mean\n")
+    (out / "run.json").write_text(json.dumps({"status": "failed", "step": -1}))
+    (out / "notes.md").write_text("mine")
+    code, _, err = mrsq_main("train", "mrq_small", "--env", "gym:InvertedPendulum-v5", "--steps", "2",
+                             "--eval-every", "2", "--eval-episodes", "1", "--no-progress", "--threads", "1",
+                             "--out", out)
+    assert code == 0, err
+    assert "failed before its first checkpoint; starting over" in err
+    assert (out / "notes.md").read_text() == "mine" and (out / "checkpoint.pt").is_file()
+    torch.set_num_threads(2)

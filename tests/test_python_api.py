@@ -1,0 +1,55 @@
+"""docs/python-api.md runs as written: its python blocks, in order, in one namespace, in an
+empty folder (the page promises this)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "python-api.md"
+
+
+def blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", PAGE.read_text(), flags=re.S)
+
+
+@pytest.mark.slow
+def test_the_python_api_page_runs_as_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    namespace: dict = {}
+    try:
+        code = blocks()
+        assert len(code) >= 4
+        for i, block in enumerate(code):
+            exec(compile(block, f"{PAGE.name} block {i + 1}", "exec"), namespace)  # noqa: S102
+    finally:
+        torch.set_num_threads(threads)
+    exp = namespace["exp"]
+    assert (tmp_path / "runs" / "api-demo" / "eval.csv").is_file()
+    assert namespace["seen"][0] == ("eval", 0) and ("train", 50) in namespace["seen"]
+    assert namespace["resumed"].trainer.state.step == 300 == exp.trainer.state.step
+    assert namespace["ev"].return_mean > 0
+
+
+def test_experiment_validates_and_stops_on_request(tmp_path):
+    import mrsq
+    from mrsq.specs import SpecError
+
+    with pytest.raises(SpecError, match="critic.num_memberz"):
+        mrsq.Experiment("mrq_small", overrides={"critic.num_memberz": 3}, out=tmp_path / "x")
+    threads = torch.get_num_threads()
+    try:
+        exp = mrsq.Experiment("mrq_small", env="gym:InvertedPendulum-v5", steps=60, out=tmp_path / "run",
+                              progress=False, overrides={"warmup_steps": 20, "batch_size": 8, "train.threads": 1,
+                                                         "train.eval_every": 20, "train.eval_episodes": 1})
+        result = exp.train(callback=lambda event: event["kind"] != "eval" or event["step"] < 20)
+        assert result.interrupted and exp.trainer.state.step == 20  # stopped after the step-20 evaluation
+        assert exp.train().steps == 60  # continues exactly
+        with pytest.raises(ValueError, match="evaluate at least one episode"):
+            exp.evaluate(episodes=0)
+    finally:
+        torch.set_num_threads(threads)
