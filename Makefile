@@ -17,9 +17,11 @@ install: $(STAMP)
 
 # torch is pinned (constraints.txt) so pip takes the CPU wheel and never a multi-GB CUDA build.
 $(STAMP): pyproject.toml constraints.txt
+	@echo "make install: installing mrsq and its pinned dependencies into $(VENV)/ (the first time downloads ~1 GB: several minutes)"
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	$(PY) -m pip install --progress-bar on -c constraints.txt -e ".[test]"
+	@$(PY) -c "import mrsq.cli" && echo "make install: done; run .venv/bin/mrsq --help (or: source .venv/bin/activate)"
 	touch $(STAMP)
 
 demo: install

@@ -51,14 +51,40 @@ def _add_spec_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
                         "several jobs share a machine: two 2-thread jobs on 2 cores run 6-8x slower than 1-thread ones")
 
 
+def import_checked(modules) -> None:
+    """Import the user's modules, then run mrsq's contract checks (:mod:`mrsq.testing`) on each
+    component they registered, with its default spec: a broken component is one line naming it
+    and the contract it breaks, before any training starts."""
+    from mrsq import registry
+
+    import mrsq.components  # noqa: F401  (the built-ins first, so only the user's are new)
+
+    for module in modules:
+        registry.import_module(module)
+    from mrsq.testing import CHECKS
+
+    for family, reg in registry.FAMILIES.items():
+        for name in reg.names():
+            # the user's components (from --import or an installed entry point), not mrsq's own
+            if getattr(reg.get(name), "__module__", "mrsq").split(".")[0] == "mrsq":
+                continue
+            if family not in CHECKS or family == "agent" or reg.spec(name) is None:
+                continue  # agents are checked by their first update; envs by their first reset
+            try:
+                CHECKS[family](name)
+            except Exception as exc:  # noqa: BLE001 - any failure is the component's, reported in one line
+                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                origin = getattr(reg.get(name), "__module__", "?")
+                raise UsageError(f"{family} {name!r} (from {origin}) breaks mrsq's {family} contract: {first}") from None
+
+
 def _load_spec(args):
-    from mrsq import registry, specs
+    from mrsq import specs
 
     if args.source and Path(args.source).name == "spec.yaml":  # a run folder's spec: its modules too
         recorded = _run_json(Path(args.source).parent).get("imports") or []
         args.imports = list(dict.fromkeys([*recorded, *args.imports]))
-    for module in args.imports:
-        registry.import_module(module)
+    import_checked(args.imports)
     overrides = list(args.overrides)
     for flag, key in (("env", "env"), ("steps", "steps"), ("seed", "seed"), ("threads", "threads"),
                       ("eval_every", "eval_every"), ("eval_episodes", "eval_episodes")):
@@ -237,7 +263,33 @@ def cmd_list(args) -> int:
         width = max((len(n) for n in reg.names()), default=0)
         for entry in reg.names():
             print(f"  {entry:<{width}}  {reg.help(entry)}".rstrip())
+            if args.family and name != "preset":  # one family: each component's fields too
+                for line in _field_lines(reg.spec(entry)):
+                    print(f"      {line}")
     return 0
+
+
+def _field_lines(spec_cls) -> list[str]:
+    """``name: type = default  # description`` for each field of a component's spec."""
+    from pydantic import BaseModel
+
+    if spec_cls is None or not hasattr(spec_cls, "model_fields"):
+        return []
+    lines = []
+    for field_name, f in spec_cls.model_fields.items():
+        if field_name == "type":
+            continue
+        default = f.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            default = default.model_dump()
+        import typing
+
+        if typing.get_origin(f.annotation) is typing.Literal:
+            kind = "|".join(map(str, typing.get_args(f.annotation)))
+        else:
+            kind = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
+        lines.append(f"{field_name}: {kind} = {default!r}" + (f"  # {f.description}" if f.description else ""))
+    return lines
 
 
 def cmd_eval(args) -> int:

@@ -319,7 +319,12 @@ def validate(data: dict, where: str = "spec") -> Spec:
 def load(source: str | Path, overrides: Iterable[str] = ()) -> Spec:
     """Preset name or YAML path (+ ``--set`` overrides) -> validated spec."""
     data = resolve_source(source)
+    overrides = list(overrides)
     data = apply_overrides(data, overrides)
+    changed = [o.strip() for o in overrides if not o.strip().startswith(("train.", "description="))]
+    if changed and isinstance(data.get("description"), str) and data["description"]:
+        # the preset's one-line description no longer tells the whole story: say what changed
+        data["description"] = f"{data['description']} [overridden: {', '.join(changed)}]"
     return validate(data, where=str(source))
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+import mrsq.components  # noqa: F401  (a user's test file may import only this module: register the built-ins)
 from mrsq.envs.base import Env
 from mrsq.registry import AGENTS, CRITICS, ENCODERS, ENVS, POLICIES
 

@@ -180,3 +180,53 @@ def test_out_reuses_a_folder_whose_run_failed_before_its_first_checkpoint(mrsq_m
     assert "failed before its first checkpoint; starting over" in err
     assert (out / "notes.md").read_text() == "mine" and (out / "checkpoint.pt").is_file()
     torch.set_num_threads(2)
+
+
+def test_a_plugin_that_breaks_its_contract_is_refused_before_training(mrsq_subprocess, tmp_path):
+    out = tmp_path / "run"
+    proc = mrsq_subprocess("train", "mrq_small", "--import", "broken_plugin", "--set", "critic.type=flat_critic",
+                           "--out", out, plugins=True)
+    assert proc.returncode == 2
+    assert_one_line_error(proc.stderr, "critic 'flat_critic' (from broken_plugin) breaks mrsq's critic contract")
+    assert not out.exists()
+    ok = mrsq_subprocess("show", "mrq", "--import", "my_plugin", "--set", "critic.type=my_critic", plugins=True)
+    assert ok.returncode == 0, ok.stderr  # a plug-in that keeps the contract passes the same checks
+
+
+def test_list_one_family_shows_fields_with_defaults(mrsq_main):
+    code, out, _ = mrsq_main("list", "aggregator")
+    assert code == 0
+    assert "      k: int = 2  # members drawn without replacement per call" in out
+    code, out, _ = mrsq_main("list", "critic")
+    assert "      activation: elu|relu" in out or "activation: elu" in out
+
+
+def test_an_overridden_preset_says_so_in_its_description():
+    plain = specs.load("mrsq_small", ["train.steps=100"]).description
+    changed = specs.load("mrsq_small", ["critic.num_members=3", "train.steps=100"]).description
+    assert "[overridden" not in plain
+    assert changed == f"{plain} [overridden: critic.num_members=3]"
+
+
+def test_a_replay_that_cannot_fit_is_refused_before_allocating(mrsq_main, tmp_path, monkeypatch):
+    monkeypatch.setattr("mrsq.training.loop.available_memory_bytes", lambda: 50 * 2**20)
+    code, _, err = mrsq_main("train", "mrq_small", "--env", "gym:InvertedPendulum-v5", "--steps", "1000000",
+                             "--out", tmp_path / "run")
+    assert code == 2
+    assert_one_line_error(err, "replay.capacity: 1000000 transitions of this env need", "GiB of memory is available")
+    assert not (tmp_path / "run").exists()
+    code, _, err = mrsq_main("train", "mrq_small", "--env", "gym:InvertedPendulum-v5", "--steps", "1000",
+                             "--set", "batch_size=100000", "--out", tmp_path / "run")
+    assert code == 2
+    assert_one_line_error(err, "batch_size: 100000 samples need about", "lower batch_size")
+    assert not (tmp_path / "run").exists()
+
+
+def test_check_component_works_in_a_fresh_process(tmp_path):
+    """A user's test file imports only mrsq.testing: the built-ins register themselves."""
+    import subprocess
+    import sys
+
+    code = "from mrsq.testing import check_component; check_component('critic', 'ensemble'); print('ok')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

@@ -208,6 +208,8 @@ class Trainer:
             raise specs.SpecError(f"replay.capacity ({r.capacity}) must exceed the agent's replay window "
                                   f"({horizon} transitions)")
         capacity = max(min(r.capacity, t.steps), horizon + 1)  # no larger than the run needs
+        _check_memory(LAPReplay.storage_bytes(self.env.obs_dim, self.env.action_dim, capacity), capacity,
+                      _activation_bytes(self.agent, spec.batch_size, horizon), spec.batch_size)
         storage = LAPReplay.storage_bytes(self.env.obs_dim, self.env.action_dim, capacity)
         self.replay = LAPReplay(self.env.obs_dim, self.env.action_dim, capacity=capacity,
                                 horizon=self.agent.replay_horizon, alpha=r.alpha,
@@ -583,6 +585,50 @@ class Trainer:
             tmp.unlink(missing_ok=True)
             if status == "running":
                 raise CheckpointWriteError(f"cannot write {self.out / 'run.json'}: {exc.strerror or exc}") from None
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the OS could give this process now (Linux: MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import os
+
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _activation_bytes(agent, batch_size: int, horizon: int) -> int:
+    """A rough upper estimate of an update's activation memory: every layer's output (a plain
+    ``Linear``'s ``out_features``; a vectorized ensemble's ``members x out`` from its 3-D weight)
+    kept for the backward pass, about 3 tensors per layer (pre-activation, activation, norm), for
+    ``batch_size x horizon`` samples in fp32. An estimate, used only to refuse absurd batch sizes
+    before training rather than to be killed by the OS in the middle of it."""
+    floats = sum(m.out_features for m in agent.modules() if isinstance(m, torch.nn.Linear))
+    floats += sum(p.shape[0] * p.shape[-1] for p in agent.parameters() if p.dim() == 3)
+    return 3 * 4 * batch_size * horizon * floats
+
+
+def _check_memory(replay_bytes: int, capacity: int, activation_bytes: int = 0, batch_size: int = 0) -> None:
+    """A replay buffer (or a batch) that cannot fit is a one-line error before it is allocated
+    (and before the warm-up), not an out-of-memory kill an hour later."""
+    available = available_memory_bytes()
+    if available is None:
+        return
+    if replay_bytes > 0.9 * available:
+        raise specs.SpecError(f"replay.capacity: {capacity} transitions of this env need {replay_bytes / 2**30:.1f} "
+                              f"GiB, but {available / 2**30:.1f} GiB of memory is available; lower replay.capacity "
+                              "or train.steps")
+    if replay_bytes + activation_bytes > 0.9 * available:
+        raise specs.SpecError(f"batch_size: {batch_size} samples need about {activation_bytes / 2**30:.1f} GiB of "
+                              f"activations per update (estimate) beside the replay's {replay_bytes / 2**30:.1f} GiB, "
+                              f"but {available / 2**30:.1f} GiB of memory is available; lower batch_size")
 
 
 def _validate_resumable(payload: dict, path: Path) -> None:
