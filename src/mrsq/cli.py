@@ -195,12 +195,9 @@ def _check_out_folder(out: Path) -> None:
 
 
 def _run_json(folder: Path) -> dict:
-    import json
+    from mrsq.runs import read_run_json
 
-    try:
-        return json.loads((folder / "run.json").read_text())
-    except (OSError, ValueError):
-        return {}
+    return read_run_json(folder)
 
 
 def _clear_failed_start(out: Path) -> None:
@@ -221,13 +218,8 @@ def _preset_name(source: str) -> str:
     """The label of a run: the preset's name, or the YAML file's stem; rerunning a run folder's
     ``spec.yaml`` keeps the preset that run came from (its ``run.json``)."""
     path = Path(source)
-    if path.name == "spec.yaml" and (path.parent / "run.json").is_file():
-        import json
-
-        try:
-            preset = json.loads((path.parent / "run.json").read_text()).get("preset")
-        except (OSError, ValueError):
-            preset = None
+    if path.name == "spec.yaml":
+        preset = _run_json(path.parent).get("preset")
         if preset:
             return str(preset)
     return path.stem

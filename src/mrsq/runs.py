@@ -62,6 +62,15 @@ def _float(text: str) -> float:
         return math.nan
 
 
+def read_run_json(folder: Path) -> dict:
+    """A run folder's ``run.json`` as a dict; ``{}`` when missing, unreadable or not a mapping."""
+    try:
+        info = json.loads((Path(folder) / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
 def load_run(path: Path, label: str | None = None) -> Run:
     path = Path(path)
     eval_csv = path / "eval.csv"

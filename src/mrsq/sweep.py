@@ -41,6 +41,7 @@ from typing import Any, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mrsq.runs import read_run_json
 from mrsq.specs import SpecError
 
 SWEEP_JSON = "sweep.json"
@@ -234,12 +235,6 @@ def load_sweep(file: str | Path, out: str | Path | None = None) -> Sweep:
 
 
 # ---------------------------------------------------------------------------------- run folders
-def read_run_json(path: Path) -> dict:
-    try:
-        info = json.loads((path / "run.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return info if isinstance(info, dict) else {}
 
 
 def is_complete(path: Path) -> bool:

@@ -143,6 +143,20 @@ def load(replay: LAPReplay, folder: Path, segments: list[list[int]]) -> None:
                                f"the checkpoint needs them up to {end}")
 
 
+def check(folder: Path, segments: list[list[int]]) -> str | None:
+    """Why ``segments`` cannot be loaded from ``folder`` (missing, unreadable, wrong length), or
+    None. Reads only the ``.npy`` headers (memory-mapped)."""
+    for first, end in segments:
+        try:
+            rows = np.load(folder / _name(first, end), mmap_mode="r", allow_pickle=False)
+            np.load(folder / _name(first, end, ".next"), mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            return f"its replay segment {first}-{end} is unreadable ({type(exc).__name__}: {str(exc)[:120]})"
+        if len(rows) != end - first:
+            return f"its replay segment {first}-{end} has {len(rows)} rows"
+    return None
+
+
 def collect_garbage(folder: Path, keep: list[list[list[int]]]) -> None:
     """Delete segment files (and stale ``.tmp`` files) that none of the ``keep`` lists names."""
     if not folder.is_dir():

@@ -47,6 +47,7 @@ from mrsq.envs.base import replay_episode
 from mrsq.registry import AGENTS
 from mrsq.replay import LAPReplay
 from mrsq.replay import store
+from mrsq.runs import read_run_json
 from mrsq.runtime import Runtime
 from mrsq.runtime import replay_device
 from mrsq.runtime import resolve as resolve_runtime
@@ -236,7 +237,7 @@ class Trainer:
         warn = warn or (lambda line: print(f"mrsq: warning: {line}", file=sys.stderr))
         if not out.is_dir():
             raise ResumeError(f"--resume {out}: no such run folder")
-        info = _read_json(out / "run.json")
+        info = read_run_json(out)
         imports = list(info.get("imports") or [])
         for module in imports:  # the run's own components, recorded when it started
             registry.import_module(module)
@@ -641,23 +642,9 @@ def _validate_resumable(payload: dict, path: Path) -> None:
         segments = loop["segments"]
     except (KeyError, TypeError, ValueError):
         raise CheckpointError(f"{path}: damaged resume state") from None
-    folder = path.parent / store.FOLDER
-    for first, end in segments:
-        try:
-            rows = np.load(folder / f"{first:012d}-{end:012d}.npy", mmap_mode="r", allow_pickle=False)
-            np.load(folder / f"{first:012d}-{end:012d}.next.npy", mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{path}: its replay segment {first}-{end} is unreadable "
-                                  f"({type(exc).__name__}: {str(exc)[:120]})") from None
-        if len(rows) != end - first:
-            raise CheckpointError(f"{path}: its replay segment {first}-{end} has {len(rows)} rows")
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+    problem = store.check(path.parent / store.FOLDER, segments)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}")
 
 
 def _last(result: RunResult) -> str:
