@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -370,3 +372,50 @@ def test_compare_and_plot_read_the_sweep_folder(local_sweep, tmp_path):
     assert [r.split("|")[1:3] for r in rows] == [[" mrq_small ", " 2 "], [" td3 ", " 2 "]]
     png = plot_runs([tmp / "out"], tmp_path / "curves.png")
     assert png.stat().st_size > 10_000
+
+
+# ---------------------------------------------------------------------------------- user components
+PLUGINS = Path(__file__).parent / "plugins"
+PLUGIN_SWEEP = """\
+presets: [mrq_small]
+envs: [gym:InvertedPendulum-v5]
+seeds: 1
+set: {critic.type: my_critic, critic.scale: 2.0}
+"""
+INSPECT = ("import json, sys; from mrsq import sweep; s = sweep.load_sweep('sweep.yaml', 'out'); "
+           "print(json.dumps({'cmd': sweep.train_command(s.runs[0], s, resume=False), "
+           "'env': sweep.child_env(s)}))")
+
+
+def _in(tmp: Path, *cmd: str, pythonpath: str) -> subprocess.CompletedProcess:
+    env = dict(cli_env(), PYTHONPATH=pythonpath)
+    return subprocess.run([sys.executable, *cmd], cwd=tmp, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_imports_register_user_components_for_every_run(tmp_path):
+    """``imports:`` are imported (and contract-checked) before the presets load; every run gets
+    ``--import`` and a PYTHONPATH holding the folder the module was found in, made absolute: the
+    user's ``PYTHONPATH=.`` means nothing in a Ray worker's folder."""
+    shutil.copy(PLUGINS / "my_plugin.py", tmp_path / "my_plugin.py")
+    shutil.copy(PLUGINS / "broken_plugin.py", tmp_path / "broken_plugin.py")
+    write(tmp_path / "sweep.yaml", PLUGIN_SWEEP + "imports: [my_plugin]\n")
+    proc = _in(tmp_path, "-c", INSPECT, pythonpath=".")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout)
+    cmd = got["cmd"]
+    assert cmd[cmd.index("--import") + 1] == "my_plugin" and "critic.type=my_critic" in cmd
+    assert got["env"]["PYTHONPATH"].split(os.pathsep)[0] == str(tmp_path.resolve())
+    assert "." not in got["env"]["PYTHONPATH"].split(os.pathsep)  # the inherited entry made absolute
+    dry = _in(tmp_path, "-m", "mrsq.cli", "sweep", "sweep.yaml", "--dry-run", pythonpath=".")
+    assert dry.returncode == 0 and "mrq_small/seed0  fresh" in dry.stdout, dry.stderr[-2000:]
+
+    # without the import the component is unknown; a bad or broken module is named, one line each
+    for imports, words in (("", "unknown critic 'my_critic'"),
+                           ("imports: [no_such_module]\n", "imports[0]: --import no_such_module: cannot import"),
+                           ("imports: [my_plugin, broken_plugin]\n",
+                            "imports[1]: critic 'flat_critic' (from broken_plugin) breaks mrsq's critic contract")):
+        write(tmp_path / "sweep.yaml", PLUGIN_SWEEP + imports)
+        bad = _in(tmp_path, "-m", "mrsq.cli", "sweep", "sweep.yaml", "--dry-run", pythonpath=".")
+        err = bad.stderr.strip()
+        assert bad.returncode == 2 and "\n" not in err and "Traceback" not in err, err
+        assert err.startswith("mrsq: error: sweep.yaml: ") and words in err, err

@@ -10,6 +10,7 @@ The sweep file (validated before anything starts; unknown fields are errors)::
     resources: {cpus: 1, gpus: 0}         # what each run asks Ray for; its torch threads = cpus
     retries: 2                            # a failed run is resumed this many times
     out: runs/sweep                       # relative to the current folder; --out wins
+    imports: [my_pkg.components]          # modules registering your own components (as --import)
 
 Each run is an ordinary ``mrsq train`` run folder, ``OUT/<env>/<variant>/seed<k>/``, where
 ``<env>`` is the env id with ``:`` and ``/`` replaced by ``-`` and ``<variant>`` the preset name
@@ -18,6 +19,11 @@ a subprocess, so a crash cannot take a Ray worker down. Rerunning the sweep skip
 resumes interrupted or failed ones from their checkpoint, and starts the others afresh.
 ``OUT/sweep.json`` lists the runs and how they ended, for scripts; ``mrsq plot OUT`` and
 ``mrsq compare OUT`` read the folder directly.
+
+``imports`` are imported and contract-checked before anything starts (as ``mrsq train --import``
+does), and every run gets ``--import`` for each. The runs' ``PYTHONPATH`` starts with the folder
+each module was found in, so a module found through ``PYTHONPATH=.`` is still found by a Ray
+worker that runs in another folder.
 """
 
 from __future__ import annotations
@@ -83,6 +89,7 @@ class SweepFile(BaseModel):
     resources: Resources = Field(default_factory=Resources)
     retries: int = Field(2, ge=0)
     out: str | None = None
+    imports: list[str] = Field(default_factory=list)
 
 
 def _value(value: Any) -> str:
@@ -129,6 +136,33 @@ class Sweep:
     config: SweepFile
     out: Path
     runs: list[Run] = field(default_factory=list)
+    import_roots: list[str] = field(default_factory=list)  # where the imports were found
+
+
+def _import_root(module: str) -> str | None:
+    """The ``sys.path`` folder ``module`` (already imported) was found in; None if not a file."""
+    origin = getattr(sys.modules.get(module), "__file__", None)
+    if not origin:
+        return None
+    depth = len(module.split(".")) - (0 if Path(origin).name == "__init__.py" else 1)
+    return str(Path(origin).resolve().parents[depth])
+
+
+def _load_imports(file: Path, config: SweepFile) -> list[str]:
+    """Import and contract-check ``imports``; return the folders they were found in."""
+    from mrsq.cli import UsageError, import_checked
+    from mrsq.registry import RegistryError
+
+    roots = []
+    for i, module in enumerate(config.imports):
+        try:
+            import_checked([module])
+        except (UsageError, RegistryError, SpecError) as exc:
+            raise _error(file, f"imports[{i}]", str(exc)) from None
+        root = _import_root(module)
+        if root is not None:
+            roots.append(root)
+    return list(dict.fromkeys(roots))
 
 
 def _error(file: Path, where: str, message: str) -> SweepError:
@@ -173,6 +207,8 @@ def load_sweep(file: str | Path, out: str | Path | None = None) -> Sweep:
         if key in config.set:
             raise _error(file, f"grid.{key}", "also in set; give it in one of them")
 
+    import_roots = _load_imports(file, config)  # before the presets: they may name these components
+
     env_dirs: dict[str, str] = {}
     for i, env in enumerate(config.envs):
         try:
@@ -211,7 +247,7 @@ def load_sweep(file: str | Path, out: str | Path | None = None) -> Sweep:
 
     cpus = config.resources.cpus
     out_dir = Path(out or config.out or Path("runs") / file.stem).resolve()
-    sweep = Sweep(file, config, out_dir)
+    sweep = Sweep(file, config, out_dir, import_roots=import_roots)
     for env in config.envs:
         for i, (written, source, name) in enumerate(sources):
             for suffix, grid_overrides in variants:
@@ -404,6 +440,8 @@ def train_command(run: Run, sweep: Sweep, resume: bool) -> list[str]:
     if resume:
         return ["-m", "mrsq.cli", "train", "--resume", str(run.path), "--no-progress"]
     cmd = ["-m", "mrsq.cli", "train", run.source, "--env", run.env, "--seed", str(run.seed)]
+    for module in sweep.config.imports:  # a resume re-imports what run.json recorded
+        cmd += ["--import", module]
     for item in run.overrides:
         cmd += ["--set", item]
     return [*cmd, "--set", f"train.threads={sweep.config.resources.cpus}", "--no-progress", "--out", str(run.path)]
@@ -414,6 +452,9 @@ def child_env(sweep: Sweep) -> dict[str, str]:
     env = {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "MUJOCO_GL": "disable", "PYTHONUNBUFFERED": "1"}
     if not sweep.config.resources.gpus:  # Ray leaves every GPU visible to a task that asked for none
         env["CUDA_VISIBLE_DEVICES"] = ""
+    if sweep.import_roots:  # absolute folders: a Ray worker's working folder is not the driver's
+        inherited = [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([*sweep.import_roots, *inherited]))
     return env
 
 
@@ -497,7 +538,8 @@ def summary(sweep: Sweep) -> str:
 
 def write_sweep_json(sweep: Sweep) -> None:
     info = {"sweep": str(sweep.file.resolve()), "out": str(sweep.out), "resources": sweep.config.resources.model_dump(),
-            "retries": sweep.config.retries, "runs": [r.record() for r in sweep.runs]}
+            "retries": sweep.config.retries, "imports": sweep.config.imports,
+            "runs": [r.record() for r in sweep.runs]}
     sweep.out.mkdir(parents=True, exist_ok=True)
     tmp = sweep.out / (SWEEP_JSON + ".tmp")
     tmp.write_text(json.dumps(info, indent=2) + "\n")
@@ -691,7 +733,7 @@ def _stop_all(ray, inflight: dict, display: Display | None) -> None:
 # ---------------------------------------------------------------------------------- CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sweep", metavar="SWEEP.yaml",
-                   help="sweep file: presets, envs, seeds, set, grid, resources, retries, out")
+                   help="sweep file: presets, envs, seeds, set, grid, resources, retries, out, imports")
     p.add_argument("--address", help="an existing Ray cluster (e.g. 10.0.0.1:6379 or ray://host:10001); OUT must "
                                      "then be on a filesystem every node shares, at the same path, and mrsq be "
                                      "installed on every node (default: a local Ray started for this sweep)")
