@@ -46,6 +46,25 @@ def random_return(env_id: str, episodes: int, seed: int) -> float:
     return float(np.mean(returns))
 
 
+def untrained_then_trained(spec, out, episodes: int):
+    """One torch thread: the mean return of a freshly initialised agent over ``episodes``
+    deterministic episodes, then the real Trainer's run of ``spec`` (which seeds everything from
+    ``train.seed``). Returns ``(untrained return, trainer, result, seconds of training)``."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        torch.manual_seed(123)
+        env = make_env(ENV, 1)
+        untrained = evaluate(build_agent(spec, env, torch.device("cpu")), env, episodes).return_mean
+        env.close()
+        start = time.perf_counter()
+        trainer = Trainer(spec, out, progress=False)
+        result = trainer.run()
+        return untrained, trainer, result, time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("precision, steps", [("fp32", STEPS), ("bf16", 2000)])
 def test_mrq_learns_inverted_pendulum(tmp_path, precision, steps):
@@ -59,20 +78,7 @@ def test_mrq_learns_inverted_pendulum(tmp_path, precision, steps):
     pytest.importorskip("mujoco")
     spec = specs.load("mrq_small", [*OVERRIDES, f"precision={precision}",
                                     f"train.steps={steps}", f"train.eval_every={steps}"])
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        # a freshly initialised (untrained) agent, deterministic evaluation
-        torch.manual_seed(123)
-        untrained_env = make_env(ENV, 1)
-        untrained = evaluate(build_agent(spec, untrained_env, torch.device("cpu")), untrained_env, 3).return_mean
-        untrained_env.close()
-        start = time.perf_counter()
-        trainer = Trainer(spec, tmp_path / "run", progress=False)  # seeds everything from train.seed
-        result = trainer.run()
-        elapsed = time.perf_counter() - start
-    finally:
-        torch.set_num_threads(threads)
+    untrained, trainer, result, elapsed = untrained_then_trained(spec, tmp_path / "run", episodes=3)
     rand = random_return(ENV, 5, seed=1)
     baseline = max(rand, untrained)
     final = result.evals[-1][1]
@@ -115,19 +121,7 @@ def test_model_free_agents_learn_inverted_pendulum(tmp_path, preset):
     pole for 20-40 steps by themselves.)"""
     pytest.importorskip("mujoco")
     spec = specs.load(preset, MODEL_FREE_OVERRIDES)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        torch.manual_seed(123)
-        untrained_env = make_env(ENV, 1)
-        untrained = evaluate(build_agent(spec, untrained_env, torch.device("cpu")), untrained_env, 5).return_mean
-        untrained_env.close()
-        start = time.perf_counter()
-        trainer = Trainer(spec, tmp_path / "run", progress=False)
-        result = trainer.run()
-        elapsed = time.perf_counter() - start
-    finally:
-        torch.set_num_threads(threads)
+    untrained, trainer, result, elapsed = untrained_then_trained(spec, tmp_path / "run", episodes=5)
     rand = random_return(ENV, 5, seed=1)
     trained = [r for step, r, _ in result.evals if step >= 3000]
     print(f"\n{preset} {ENV}: evals {[round(r, 1) for _, r, _ in result.evals]} in {elapsed:.0f}s "
