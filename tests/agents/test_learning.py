@@ -73,9 +73,11 @@ def test_mrq_learns_inverted_pendulum(tmp_path, precision):
 
     bf16 on a CPU without fast bf16 (no AMX) runs 2000 steps, not 3000: its matmuls run at ~1
     GFLOP/s there (PyTorch's reference kernel), and the full length cost two minutes of the suite.
-    Evaluated every 500 steps of a 3000-step run (seed 0, AMD Zen 3), both precisions pass 50 at
-    1500 steps and score 178 (fp32) / 206 (bf16) at 2000, 1000 at 3000; the 2000-step bf16 run
-    itself ends at 1000 (its replay is sized to the run, so its draws differ from the longer one)."""
+    Compiled and evaluated every 500 steps of a 3000-step run (seed 0, AMD Zen 3), both precisions
+    pass 50 at 1500 steps and score 178 (fp32) / 206 (bf16) at 2000. Here (eager: the suite sets
+    MRSQ_COMPILE=off) fp32 ends at 80 after 3000 steps and bf16 at 1000 after 2000 on that CPU;
+    a single seed's final evaluation of a pendulum policy swings widely (80 to 1000), hence a
+    threshold of 10x random play rather than a near-solved score."""
     pytest.importorskip("mujoco")
     steps = 2000 if precision == "bf16" and not bf16_is_fast(torch.device("cpu")) else STEPS
     spec = specs.load("mrq_small", [*OVERRIDES, f"precision={precision}",
