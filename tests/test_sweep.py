@@ -384,7 +384,7 @@ set: {critic.type: my_critic, critic.scale: 2.0}
 """
 INSPECT = ("import json, sys; from mrsq import sweep; s = sweep.load_sweep('sweep.yaml', 'out'); "
            "print(json.dumps({'cmd': sweep.train_command(s.runs[0], s, resume=False), "
-           "'env': sweep.child_env(s)}))")
+           "'env': sweep.child_env(s)})); sys.exit(sweep._standalone(['sweep.yaml', '--dry-run']))")
 
 
 def _in(tmp: Path, *cmd: str, pythonpath: str) -> subprocess.CompletedProcess:
@@ -392,30 +392,38 @@ def _in(tmp: Path, *cmd: str, pythonpath: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *cmd], cwd=tmp, env=env, capture_output=True, text=True, timeout=120)
 
 
-def test_imports_register_user_components_for_every_run(tmp_path):
+def test_imports_register_user_components_for_every_run(tmp_path, monkeypatch, capsys):
     """``imports:`` are imported (and contract-checked) before the presets load; every run gets
     ``--import`` and a PYTHONPATH holding the folder the module was found in, made absolute: the
-    user's ``PYTHONPATH=.`` means nothing in a Ray worker's folder."""
+    user's ``PYTHONPATH=.`` means nothing in a Ray worker's folder. (The plug-ins are imported
+    in subprocesses only, so this process's registries stay as they are.)"""
     shutil.copy(PLUGINS / "my_plugin.py", tmp_path / "my_plugin.py")
     shutil.copy(PLUGINS / "broken_plugin.py", tmp_path / "broken_plugin.py")
     write(tmp_path / "sweep.yaml", PLUGIN_SWEEP + "imports: [my_plugin]\n")
     proc = _in(tmp_path, "-c", INSPECT, pythonpath=".")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    got = json.loads(proc.stdout)
+    first, dry = proc.stdout.split("\n", 1)
+    got = json.loads(first)
     cmd = got["cmd"]
     assert cmd[cmd.index("--import") + 1] == "my_plugin" and "critic.type=my_critic" in cmd
     assert got["env"]["PYTHONPATH"].split(os.pathsep)[0] == str(tmp_path.resolve())
     assert "." not in got["env"]["PYTHONPATH"].split(os.pathsep)  # the inherited entry made absolute
-    dry = _in(tmp_path, "-m", "mrsq.cli", "sweep", "sweep.yaml", "--dry-run", pythonpath=".")
-    assert dry.returncode == 0 and "mrq_small/seed0  fresh" in dry.stdout, dry.stderr[-2000:]
+    assert "mrq_small/seed0  fresh" in dry  # the dry run found the component too
+
+    def one_line_error(imports: str, words: str, subprocess_: bool = False) -> None:
+        write(tmp_path / "sweep.yaml", PLUGIN_SWEEP + imports)
+        if subprocess_:
+            bad = _in(tmp_path, "-m", "mrsq.cli", "sweep", "sweep.yaml", "--dry-run", pythonpath=".")
+            code, err = bad.returncode, bad.stderr.strip()
+        else:  # nothing gets registered on these paths: safe in this process
+            monkeypatch.chdir(tmp_path)
+            code, err = run_cli("sweep.yaml", "--dry-run"), capsys.readouterr().err.strip()
+        assert code == 2 and "\n" not in err and "Traceback" not in err, err
+        assert err.startswith("mrsq: error: sweep.yaml: ") and words in err, err
 
     # without the import the component is unknown; a bad or broken module is named, one line each
-    for imports, words in (("", "unknown critic 'my_critic'"),
-                           ("imports: [no_such_module]\n", "imports[0]: --import no_such_module: cannot import"),
-                           ("imports: [my_plugin, broken_plugin]\n",
-                            "imports[1]: critic 'flat_critic' (from broken_plugin) breaks mrsq's critic contract")):
-        write(tmp_path / "sweep.yaml", PLUGIN_SWEEP + imports)
-        bad = _in(tmp_path, "-m", "mrsq.cli", "sweep", "sweep.yaml", "--dry-run", pythonpath=".")
-        err = bad.stderr.strip()
-        assert bad.returncode == 2 and "\n" not in err and "Traceback" not in err, err
-        assert err.startswith("mrsq: error: sweep.yaml: ") and words in err, err
+    one_line_error("", "unknown critic 'my_critic'")
+    one_line_error("imports: [no_such_module]\n", "imports[0]: --import no_such_module: cannot import")
+    one_line_error("imports: [my_plugin, broken_plugin]\n",
+                   "imports[1]: critic 'flat_critic' (from broken_plugin) breaks mrsq's critic contract",
+                   subprocess_=True)
