@@ -18,7 +18,7 @@ the disk: the bytes written over the write bandwidth measured in the same run.
 
 Floors are taken against the ceiling measured *beside* the work: the best matmul shape of the
 ceiling report is timed again before and after each timed window of a part (about 0.2 s each),
-and the part's floor uses the median of those probes. On a shared machine whose speed drifts by 10-20%
+and the part's floor uses the median of those probes. On a shared machine whose speed drifts by 20-30%
 within minutes, a ceiling taken once (and as a best-of over short windows, which catches the
 moments of boost) made the same code read anywhere from 1.38x to 1.74x its floor in one sitting;
 pairing compares the work with what the machine could do at the same moments.
@@ -191,19 +191,18 @@ def _header(name: str, args, runtime, ceiling: dict, compile_start: dict,
     return out
 
 
-def _row(part: str, ms: float, flops: float, ceiling: dict | float, **extra) -> dict:
-    """``ceiling``: GFLOP/s measured beside this part's timing, or a ceiling report (its max)."""
-    gflops = ceiling["max"] if isinstance(ceiling, dict) else ceiling
+def _row(part: str, ms: float, flops: float, ceiling: float) -> dict:
+    """``ceiling``: the GFLOP/s measured beside this part's timing."""
     return {"part": part, "ms": ms, "gflop": flops / 1e9,
             "gflop_per_s": flops / 1e9 / (ms / 1e3) if ms else 0.0,
-            "ceiling_gflop_per_s": gflops, "floor_ms": flops / 1e9 / gflops * 1e3, **extra}
+            "ceiling_gflop_per_s": ceiling, "floor_ms": flops / 1e9 / ceiling * 1e3}
 
 
-def _total_row(part: str, rows: list[dict], **extra) -> dict:
+def _total_row(part: str, rows: list[dict]) -> dict:
     """Sum of ``rows``: their ms, FLOPs and floors (each part's floor at its own ceiling)."""
     ms, gflop, floor = (sum(r[k] for r in rows) for k in ("ms", "gflop", "floor_ms"))
     return {"part": part, "ms": ms, "gflop": gflop, "gflop_per_s": gflop / (ms / 1e3) if ms else 0.0,
-            "ceiling_gflop_per_s": gflop / (floor / 1e3) if floor else 0.0, "floor_ms": floor, **extra}
+            "ceiling_gflop_per_s": gflop / (floor / 1e3) if floor else 0.0, "floor_ms": floor}
 
 
 def _probe(rt) -> tuple[dict, CeilingProbe]:
