@@ -56,8 +56,7 @@ class Experiment:
                  steps: int | None = None, overrides: Mapping[str, Any] | Iterable[str] | None = None,
                  out: str | Path | None = None, imports: Iterable[str] = (), progress: bool = True,
                  _trainer: Trainer | None = None) -> None:
-        for module in imports:
-            registry.import_module(module)
+        registry.import_modules(imports)
         if _trainer is None:
             items = _override_list(overrides)
             items += [f"train.{k}={v}" for k, v in (("env", env), ("seed", seed), ("steps", steps)) if v is not None]
@@ -128,8 +127,7 @@ class Experiment:
     def load(cls, path: str | Path, imports: Iterable[str] = (), progress: bool = True) -> "Experiment":
         """From a file written by :meth:`save` (or any checkpoint), or from a run folder, which
         resumes exactly where it stopped (:meth:`train` continues it)."""
-        for module in imports:
-            registry.import_module(module)
+        registry.import_modules(imports)
         path = Path(path)
         if path.is_dir():
             return cls(_trainer=Trainer.resume(path, progress=progress))

@@ -59,8 +59,7 @@ def import_checked(modules) -> None:
 
     import mrsq.components  # noqa: F401  (the built-ins first, so only the user's are new)
 
-    for module in modules:
-        registry.import_module(module)
+    registry.import_modules(modules)
     from mrsq.testing import CHECKS
 
     for family, reg in registry.FAMILIES.items():
@@ -111,14 +110,10 @@ def cmd_train(args) -> int:
             raise UsageError(f"--resume {args.resume}: the run's spec comes from its checkpoint; drop {', '.join(given)}")
         from mrsq import registry
 
-        for module in args.imports:  # a run built from the user's own components needs them again
-            registry.import_module(module)
+        registry.import_modules(args.imports)  # a run built from the user's own components needs them again
         trainer = Trainer.resume(Path(args.resume), progress=not args.no_progress, detect_anomaly=args.detect_anomaly)
         out, spec, s = trainer.out, trainer.spec, trainer.state
-        if args.threads:  # another thread count than the run's: correct, but no longer bit-exact
-            import torch
-
-            torch.set_num_threads(args.threads)
+        _set_threads(args.threads)  # another thread count than the run's: correct, but no longer bit-exact
         if s.step >= spec.train.steps and not s.pending_eval:
             trainer.run()  # marks run.json done
             print(f"mrsq: {out} is already complete ({s.step} steps); nothing to do", file=sys.stderr)
@@ -167,6 +162,14 @@ def cmd_train(args) -> int:
           f"(spec.yaml, run.json, eval.csv, train.csv, checkpoint.pt)"
           + (f"; compilation took {compiled:.0f} s" if compiled else "") + resume, file=sys.stderr)
     return 130 if result.interrupted else 0
+
+
+def _set_threads(threads: int | None) -> None:
+    """``--threads N``: torch's thread count for this process (None: leave torch's choice)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _check_device(device: str) -> str:
@@ -242,8 +245,7 @@ def cmd_list(args) -> int:
 
     import mrsq.components  # noqa: F401
 
-    for module in args.imports:
-        registry.import_module(module)
+    registry.import_modules(args.imports)
     specs.register_builtin_presets()
     families = registry.FAMILIES
     if args.family:
@@ -263,6 +265,8 @@ def cmd_list(args) -> int:
 
 def _field_lines(spec_cls) -> list[str]:
     """``name: type = default  # description`` for each field of a component's spec."""
+    import typing
+
     from pydantic import BaseModel
 
     if spec_cls is None or not hasattr(spec_cls, "model_fields"):
@@ -274,8 +278,6 @@ def _field_lines(spec_cls) -> list[str]:
         default = f.get_default(call_default_factory=True)
         if isinstance(default, BaseModel):
             default = default.model_dump()
-        import typing
-
         if typing.get_origin(f.annotation) is typing.Literal:
             kind = "|".join(map(str, typing.get_args(f.annotation)))
         else:
@@ -292,18 +294,14 @@ def cmd_eval(args) -> int:
 
     if args.episodes < 1:
         raise UsageError(f"--episodes {args.episodes}: evaluate at least one episode")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     if args.seed is not None and not 0 <= args.seed < 2**32:
         raise UsageError(f"--seed {args.seed}: must be in [0, 2**32)")
     from mrsq import registry
 
     payload = load_checkpoint(Path(args.checkpoint))
     recorded = (payload.get("extra") or {}).get("imports") or []
-    for module in dict.fromkeys([*recorded, *args.imports]):  # the run's own components
-        registry.import_module(module)
+    registry.import_modules([*recorded, *args.imports])  # the run's own components
     spec = specs.from_yaml(payload["spec"], where=f"{args.checkpoint} (spec)")
     env_id = args.env or spec.train.env
     env = make_env(env_id, spec.train.seed + 100 if args.seed is None else args.seed)
@@ -364,11 +362,7 @@ def cmd_compare(args) -> int:
 def cmd_diagnose(args) -> int:
     from mrsq import diagnose
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-
+    _set_threads(args.threads)
     return diagnose.main(args)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import difflib
 import importlib
 from importlib import metadata
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Iterable, TypeVar
 
 T = TypeVar("T")
 
@@ -130,6 +130,12 @@ def import_module(path: str) -> None:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
         raise RegistryError(f"--import {path}: the module raised {type(exc).__name__} while importing"
                             + (f": {first}" if first else "")) from None
+
+
+def import_modules(paths: Iterable[str]) -> None:
+    """:func:`import_module` for each of ``paths``, in order, each once."""
+    for path in dict.fromkeys(paths):
+        import_module(path)
 
 
 _entry_points_loaded = False

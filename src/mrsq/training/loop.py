@@ -209,11 +209,10 @@ class Trainer:
             raise specs.SpecError(f"replay.capacity ({r.capacity}) must exceed the agent's replay window "
                                   f"({horizon} transitions)")
         capacity = max(min(r.capacity, t.steps), horizon + 1)  # no larger than the run needs
-        _check_memory(LAPReplay.storage_bytes(self.env.obs_dim, self.env.action_dim, capacity), capacity,
-                      _activation_bytes(self.agent, spec.batch_size, horizon), spec.batch_size)
         storage = LAPReplay.storage_bytes(self.env.obs_dim, self.env.action_dim, capacity)
+        _check_memory(storage, capacity, _activation_bytes(self.agent, spec.batch_size, horizon), spec.batch_size)
         self.replay = LAPReplay(self.env.obs_dim, self.env.action_dim, capacity=capacity,
-                                horizon=self.agent.replay_horizon, alpha=r.alpha,
+                                horizon=horizon, alpha=r.alpha,
                                 min_priority=r.min_priority, prioritized=r.prioritized, seed=t.seed,
                                 device=replay_device(self.device, storage))
         self.rng = np.random.default_rng(t.seed)
@@ -239,8 +238,7 @@ class Trainer:
             raise ResumeError(f"--resume {out}: no such run folder")
         info = read_run_json(out)
         imports = list(info.get("imports") or [])
-        for module in imports:  # the run's own components, recorded when it started
-            registry.import_module(module)
+        registry.import_modules(imports)  # the run's own components, recorded when it started
         payload, path = load_latest(out, validate=_validate_resumable, warn=warn)
         spec = specs.from_yaml(payload["spec"], where=f"{path} (spec)")
         trainer = cls(spec, out, progress=progress, preset=info.get("preset"), detect_anomaly=detect_anomaly,
