@@ -92,13 +92,7 @@ def load_run(path: Path, label: str | None = None) -> Run:
     if label is None:
         label = sweep_label(path)
     if label is None:
-        info = {}
-        if (path / "run.json").is_file():
-            try:
-                info = json.loads((path / "run.json").read_text())
-            except json.JSONDecodeError:
-                info = {}
-        label = info.get("preset") or re.sub(r"_s\d+(_.*)?$", "", path.name) or path.name
+        label = read_run_json(path).get("preset") or re.sub(r"_s\d+(_.*)?$", "", path.name) or path.name
     return Run(path, label, env, seed, columns)
 
 
@@ -153,9 +147,10 @@ def load_runs(paths: list[Path], labels: list[str] | None = None) -> list[Run]:
     expanded = expand_paths(paths)
     if labels:
         for p in map(Path, paths):
-            if not (p / "eval.csv").is_file() and p.is_dir() and find_run_folders(p):
+            below = [] if (p / "eval.csv").is_file() or not p.is_dir() else find_run_folders(p)
+            if below:
                 raise RunFolderError(f"--label: labels are per run folder, and {p} is a folder of "
-                                     f"{len(find_run_folders(p))} runs (their labels come from their presets); "
+                                     f"{len(below)} runs (their labels come from their presets); "
                                      "drop --label or give run folders")
         if len(labels) != len(paths):
             raise RunFolderError(f"--label given {len(labels)} times for {len(paths)} runs")

@@ -20,17 +20,15 @@ class CSVLog:
 
     def __init__(self, path: Path, columns: Iterable[str], resume_at: int | None = None) -> None:
         self.path, self.columns = Path(path), list(columns)
-        if resume_at is not None and self.path.is_file():
+        resuming = resume_at is not None and self.path.is_file()
+        if resuming:
             self._truncate_after(resume_at)
-            self._file = self.path.open("a", newline="")
-            self._writer = csv.DictWriter(self._file, fieldnames=self.columns, extrasaction="ignore",
-                                          lineterminator="\n")
-            return
-        self._file = self.path.open("w", newline="")
+        self._file = self.path.open("a" if resuming else "w", newline="")
         self._writer = csv.DictWriter(self._file, fieldnames=self.columns, extrasaction="ignore",
-                                          lineterminator="\n")
-        self._writer.writeheader()
-        self._file.flush()
+                                      lineterminator="\n")
+        if not resuming:
+            self._writer.writeheader()
+            self._file.flush()
 
     def _truncate_after(self, step: int) -> None:
         with self.path.open(newline="") as f:
