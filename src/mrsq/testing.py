@@ -74,7 +74,39 @@ def check_critic(name_or_spec, input_dim: int = 16, batch: int = BATCH):
         assert any(g is not None and g.abs().sum() > 0 for g in grads), \
             f"{spec.type}: gradient is exactly zero for every parameter of member {i}"
     _assert_grads(spec.type, critic, q.square().mean())
+    if hasattr(critic, "atoms"):  # the agent-facing methods of mrsq's ensembles (EnsembleCritic)
+        _check_critic_methods(spec, critic, input_dim, batch)
     return critic
+
+
+def _check_critic_methods(spec, critic, input_dim: int, batch: int) -> None:
+    """atoms / members subset / aggregate / td_atoms / regression_loss, as the agents call them."""
+    from mrsq.critics.aggregators import build_aggregator
+    from mrsq.registry import AGGREGATORS
+
+    name, n = spec.type, spec.num_members
+    x = torch.randn(batch, input_dim)
+    critic.eval()  # no dropout: the subset must reproduce the full evaluation exactly
+    try:
+        q = critic(x)
+        atoms = critic.atoms(x)
+        assert atoms.dim() == 3 and atoms.shape[:2] == (n, batch), f"{name}: atoms shape {tuple(atoms.shape)}"
+        members = torch.tensor([n - 1, 0]) if n > 1 else torch.tensor([0])
+        sub = critic(x, members)
+        assert sub.shape == (len(members), batch, 1), f"{name}: values of members {members.tolist()}: {tuple(sub.shape)}"
+        torch.testing.assert_close(sub, q[members], msg=f"{name}: members {members.tolist()} evaluated alone differ")
+        agg = build_aggregator(AGGREGATORS.spec("min")())
+        torch.testing.assert_close(critic.aggregate(x, agg), q.float().amin(0), msg=f"{name}: aggregate(min)")
+        target = critic.td_atoms(x, agg)
+        assert target.dim() == 2 and target.shape[0] == batch, f"{name}: td_atoms shape {tuple(target.shape)}"
+    finally:
+        critic.train()
+    pred = critic.atoms(x)
+    loss = critic.regression_loss(pred, torch.randn(batch, 1))
+    assert loss.dim() == 0 and torch.isfinite(loss), f"{name}: regression_loss {loss!r}"
+    _assert_grads(name, critic, loss)
+    td = critic.td_error(pred.detach(), torch.randn(batch, 1))
+    assert td.shape == (batch,) and (td >= 0).all(), f"{name}: td_error shape {tuple(td.shape)}"
 
 
 def check_policy(name_or_spec, input_dim: int = 16, action_dim: int = ACTION_DIM, batch: int = BATCH):

@@ -29,7 +29,27 @@ SPEC_ERRORS = [
     (["--seed", str(2**32)], ["train.seed", "less than or equal to"]),
     (["--set", "aggregators.target.type=min_of_k", "--set", "aggregators.target.k=7"],
      ["aggregators.target.k (7) exceeds critic.num_members (5)"]),
+    # the cheap-pessimism components (issue 17)
+    (["--set", "aggregators.planner={type: subset, k: 6}"], ["aggregators.planner.k (6) exceeds critic.num_members (5)"]),
+    (["--set", "critic={type: shared_trunk, num_members: 5, shared_layers: 4}"],
+     ["critic", "shared_layers (4) exceeds num_hidden (3)"]),
+    (["--set", "critic={type: quantile_ensemble, num_quantiles: 3}", "--set", "aggregators.target={type: truncated_mean, drop: 3}"],
+     ["aggregators.target.drop (3) drops every atom", "critic.num_quantiles (3)"]),
+    (["--set", "aggregators.target={type: truncated_mean, drop: 1}"],
+     ["aggregators.target.drop (1) drops every atom", "1 value per member"]),
+    (["--set", "distill={head: {type: ensemble, num_members: 2}}"], ["distill", "num_members is 2"]),
+    (["--set", "planner=policy", "--set", "distill={}"], ["distill", "planner 'policy' never scores"]),
 ]
+
+
+@pytest.mark.parametrize("preset,args,fragments", [
+    ("td3", ["--set", "distill={}"], ["'td3' is model-free", "no planner"]),
+    ("tdmpc2_small", ["--set", "aggregators.target={type: subset, k: 2}"], ["aggregators.target", "planner alone"]),
+])
+def test_cheap_pessimism_misuse_on_other_agents(mrsq_main, preset, args, fragments):
+    code, out, err = mrsq_main("show", preset, *args)
+    assert code == 2 and out == ""
+    assert_one_line_error(err, *fragments)
 
 
 @pytest.mark.parametrize("args,fragments", SPEC_ERRORS, ids=[" ".join(a) for a, _ in SPEC_ERRORS])

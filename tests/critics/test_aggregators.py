@@ -75,6 +75,8 @@ def test_build_aggregator_binds_spec_parameters():
 
 @pytest.mark.parametrize("name", AGGREGATORS.names())
 def test_every_aggregator_reduces_the_member_dim(name):
-    spec = AGGREGATORS.spec(name)()
-    out = build_aggregator(spec)(torch.randn(4, 7, 1))
+    agg = build_aggregator(AGGREGATORS.spec(name)())
+    # a subset aggregator is given its k drawn members' values; one that pools atoms, M of them each
+    values = torch.randn(agg.subset or 4, 7, 5 if agg.pools_atoms else 1)
+    out = agg(values)
     assert out.shape == (7, 1) and torch.isfinite(out).all()

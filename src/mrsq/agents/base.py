@@ -75,11 +75,18 @@ class AgentSpec(Spec):
 
     @model_validator(mode="after")
     def _aggregators_fit_the_ensemble(self):
-        members = getattr(getattr(self, "critic", None), "num_members", None)
+        critic = getattr(self, "critic", None)
+        members = getattr(critic, "num_members", None)
+        atoms = getattr(critic, "num_quantiles", 1)  # values per member a pooling aggregator sees
         for use in type(self.aggregators).model_fields:
-            k = getattr(getattr(self.aggregators, use), "k", None)
+            agg = getattr(self.aggregators, use)
+            k = getattr(agg, "k", None)
             if members is not None and k is not None and k > members:
                 raise ValueError(f"aggregators.{use}.k ({k}) exceeds critic.num_members ({members})")
+            if getattr(type(agg), "POOLS_ATOMS", False) and critic is not None and agg.drop >= atoms:
+                what = (f"critic.num_quantiles ({atoms})" if hasattr(critic, "num_quantiles")
+                        else f"the 1 value per member of critic {critic.type!r} (a quantile_ensemble has more)")
+                raise ValueError(f"aggregators.{use}.drop ({agg.drop}) drops every atom: it must be below {what}")
         return self
 
     @field_validator("compile", mode="before")

@@ -10,6 +10,9 @@ update-to-data ratio G); after every ``policy_delay``-th critic update the polic
 (TD3: 2; SAC: 1; REDQ: G, i.e. once per environment step). The critic loss is every member's own
 mean squared error against the shared target, summed over members (as TD3's and SAC's
 ``MSE(Q1) + MSE(Q2)``), on an n-step return (``value_horizon``; 1 in the published algorithms).
+The critic owns that loss (``critic.regression_loss``), so a quantile critic (TQC) regresses its
+quantiles onto truncated target atoms here with no change to the agents; a ``subset`` aggregator
+evaluates only its drawn members (one draw per critic update batch and per policy update).
 
 There is no latent model, so there is nothing to search: the spec accepts only the ``policy``
 planner (:class:`~mrsq.agents.base.AgentSpec`).
@@ -21,13 +24,13 @@ import copy
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from mrsq.agents.base import Agent, AgentSpec, frozen, n_step_return
 from mrsq.agents.spec import ReplaySpec, Section
 from mrsq.compile import Compiled
-from mrsq.critics.aggregators import build_aggregator
+from mrsq.critics.aggregators import build_aggregator, draw_members
 from mrsq.nn import MLP, ln_act, activation, soft_update_
 from mrsq.registry import CRITICS, POLICIES
 
@@ -63,6 +66,16 @@ class ModelFreeSpec(AgentSpec):
     value_horizon: int = Field(1, ge=1, description="n of the n-step TD target (1 in TD3, SAC and REDQ)")
     updates_per_step: int = Field(1, ge=1, description="critic updates per environment step (REDQ's G)")
     policy_delay: int = Field(1, ge=1, description="critic updates per policy update (TD3: 2)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_distilled_head(cls, data):
+        if isinstance(data, dict) and "distill" in data:
+            agent = cls.model_fields["type"].default
+            raise ValueError(f"distill: {agent!r} is model-free and acts with its policy: there is no planner whose "
+                             f"terminal value a distilled head could replace (it is an option of latent agents "
+                             f"with a search planner, such as mrq with mppi)")
+        return data
 
 
 class FeatureEncoder(nn.Module):
@@ -111,6 +124,9 @@ class ModelFreeAgent(Agent):
         self._critic_optim = _Joint([self.critic_optim] + ([self.encoder_optim] if self.encoder is not None else []))
         self._critic_params = critic_params + (list(self.encoder.parameters()) if self.encoder is not None else [])
         self.critic_updates = 0
+        # the diagnostics' member draws come from their own generator, reseeded from the training
+        # step at each use: evaluations never move training's RNG, and a resumed run draws the same
+        self._diagnostic_generator = torch.Generator()
         r = self.runtime
         self.compiled_critic_loss = Compiled(self.critic_loss_terms, r, "critic loss")
         self.compiled_policy_loss = Compiled(self.policy_loss_terms, r, "policy loss")
@@ -125,6 +141,22 @@ class ModelFreeAgent(Agent):
         critic = self.critic_target if target else self.critic
         return critic(torch.cat([features, action.to(features.dtype)], -1)).float()
 
+    def q_aggregate(self, features: torch.Tensor, action: torch.Tensor, aggregate, members=None,
+                    target: bool = False) -> torch.Tensor:
+        """``aggregate`` of the members' values ``[B, 1]`` (only ``members`` evaluated, if given)."""
+        critic = self.critic_target if target else self.critic
+        return critic.aggregate(torch.cat([features, action.to(features.dtype)], -1), aggregate, members)
+
+    def q_target_atoms(self, features: torch.Tensor, action: torch.Tensor, members=None) -> torch.Tensor:
+        """The target critic's bootstrap atoms ``[B, K]`` (K = 1 but for a quantile critic's
+        truncated atoms), under the target aggregator."""
+        x = torch.cat([features, action.to(features.dtype)], -1)
+        return self.critic_target.td_atoms(x, self.target_aggregate, members).float()
+
+    def draw(self, aggregate) -> torch.Tensor | None:
+        """A subset aggregator's members for one update batch (None: all members)."""
+        return draw_members(aggregate, getattr(self.critic, "num_members", None), self.device)
+
     @property
     def replay_horizon(self) -> int:
         return self.spec.value_horizon
@@ -136,45 +168,58 @@ class ModelFreeAgent(Agent):
     @torch.no_grad()
     def value_estimate(self, obs, action):
         obs, action = obs.to(self.device, torch.float32), action.to(self.device, torch.float32)
-        q = self.q_values(self.features(obs), action)
-        return self.target_aggregate(q)[:, 0], q.std(0)[:, 0] if q.shape[0] > 1 else torch.zeros_like(q[0, :, 0])
+        features = self.features(obs)
+        q = self.q_values(features, action)
+        self._diagnostic_generator.manual_seed(self.spec.train.seed * 1_000_003 + self.training_steps)
+        members = draw_members(self.target_aggregate, getattr(self.critic, "num_members", None), self.device,
+                               self._diagnostic_generator)
+        value = self.q_aggregate(features, action, self.target_aggregate, members)
+        return value[:, 0], q.std(0)[:, 0] if q.shape[0] > 1 else torch.zeros_like(q[0, :, 0])
 
     # ------------------------------------------------------------------------------ training
-    def next_value(self, next_obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """The bootstrapped value ``[B, 1]`` at the n-th next observation (no gradient)."""
+    def next_value(self, next_obs: torch.Tensor, noise: torch.Tensor, members=None) -> torch.Tensor:
+        """The bootstrapped value ``[B, 1]`` (or atoms ``[B, K]``) at the n-th next observation (no
+        gradient); ``members``: the target aggregator's subset."""
         raise NotImplementedError
 
     def target_noise(self, batch_size: int) -> torch.Tensor:
         """Random numbers the target needs, drawn outside the compiled loss ``[B, A]``."""
         return torch.randn(batch_size, self.action_dim, device=self.device)
 
-    def critic_loss_terms(self, obs0, action0, reward, terminated, last_next_obs, noise):
-        """``(loss, q [N, B, 1], target [B, 1], features [B, F])``; the loss sums every member's MSE."""
+    def critic_loss_terms(self, obs0, action0, reward, terminated, last_next_obs, noise, members=None):
+        """``(loss, q [N, B, M], target [B, K], features [B, F])``; the loss sums every member's
+        regression loss (MSE for scalar critics)."""
         with torch.no_grad():
             ret, not_done = n_step_return(reward, terminated, self.gammas)
-            target = ret + not_done * self.bootstrap_discount * self.next_value(last_next_obs, noise)
+            # members only when drawn: an agent written before subsets keeps next_value(next_obs, noise)
+            bootstrap = (self.next_value(last_next_obs, noise) if members is None
+                         else self.next_value(last_next_obs, noise, members))
+            target = ret + not_done * self.bootstrap_discount * bootstrap
         features = self.features(obs0)  # the optional encoder learns from the critic loss only
-        q = self.q_values(features, action0)
-        loss = (q - target).square().mean(dim=(1, 2)).sum()
+        q = self.critic.atoms(torch.cat([features, action0.to(features.dtype)], -1)).float()
+        loss = self.critic.regression_loss(q, target, "mse", over_members="sum")
         return loss, q, target, features
 
     def critic_step(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         clip = (self._critic_params, self.critic_clip) if self.critic_clip else None
         loss, (q, target, features), norm = self.optimize(
             self.compiled_critic_loss, self._critic_optim, batch.obs[:, 0], batch.action[:, 0], batch.reward,
-            batch.terminated, batch.next_obs[:, -1], self.target_noise(batch.reward.shape[0]), clip=clip)
-        td_error = (q.detach() - target).abs().amax(0).reshape(-1)
+            batch.terminated, batch.next_obs[:, -1], self.target_noise(batch.reward.shape[0]),
+            self.draw(self.target_aggregate), clip=clip)
+        td_error = self.critic.td_error(q.detach(), target)
         metrics = {"critic/loss": loss.detach(), "critic/q_mean": q.detach().mean()}
         if norm is not None:
             metrics["critic/grad_norm"] = norm.detach()
         return features.detach(), metrics, td_error
 
-    def policy_loss_terms(self, features: torch.Tensor):
+    def policy_loss_terms(self, features: torch.Tensor, members=None):
         raise NotImplementedError
 
     def policy_step(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         with frozen(self.critic):
-            loss, out, _ = self.optimize(self.compiled_policy_loss, self.policy_optim, features)
+            members = self.draw(self.policy_aggregate)  # passed only when drawn (as next_value)
+            args = (features,) if members is None else (features, members)
+            loss, out, _ = self.optimize(self.compiled_policy_loss, self.policy_optim, *args)
         return {"policy/loss": loss.detach(), **self.after_policy_update(*out)}
 
     def after_policy_update(self, *out) -> dict[str, torch.Tensor]:

@@ -35,18 +35,42 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from mrsq.agents.base import Agent, AgentSpec, alive_before, frozen
-from mrsq.agents.spec import LossWeights, OptimSpec, TwoHotSpec
+from mrsq.agents.spec import LossWeights, OptimSpec, Section, TwoHotSpec
 from mrsq import runtime as rt
 from mrsq.compile import Compiled
-from mrsq.critics.aggregators import build_aggregator
+from mrsq.critics.aggregators import build_aggregator, draw_members
 from mrsq.nn import hard_update_
-from mrsq.registry import AGENTS, CRITICS, ENCODERS, POLICIES
+from mrsq.registry import AGENTS, AGGREGATORS, CRITICS, ENCODERS, POLICIES
 from mrsq.specs import component
 from mrsq.twohot import TwoHot
+
+
+class DistillSpec(Section):
+    """A small value head for the planner, trained each critic update to regress the ensemble's
+    aggregated value (``aggregator``, min by default) of the replay batch's state-action pairs.
+    The planner's terminal value is this head alone (one small network instead of N critics);
+    the TD target keeps the full ensemble. Whether the head stays as pessimistic as the min on
+    the planner's own (off-distribution) actions is what ``planner_value_bias`` in eval.csv
+    measures."""
+
+    head: component(CRITICS) = Field(default_factory=lambda: {
+        "type": "ensemble", "num_members": 1, "hidden_dim": 256, "num_hidden": 2}, validate_default=True)
+    aggregator: component(AGGREGATORS) = Field(default_factory=lambda: {"type": "min"}, validate_default=True)
+    lr: float = Field(3e-4, gt=0, description="AdamW learning rate of the head (weight decay: optim's)")
+
+    @model_validator(mode="after")
+    def _one_value(self):
+        if getattr(self.head, "num_members", 1) != 1:
+            raise ValueError(f"distill.head.num_members is {self.head.num_members}: the distilled head is one "
+                             f"value (1 member), which is its point")
+        if getattr(type(self.aggregator), "DRAWS_SUBSET", False):
+            raise ValueError(f"distill.aggregator {self.aggregator.type!r} draws a member subset; the head "
+                             f"regresses an aggregate of every member's value (min, mean, ...)")
+        return self
 
 
 class MRQSpec(AgentSpec):
@@ -64,6 +88,15 @@ class MRQSpec(AgentSpec):
     target_update_every: int = Field(250, ge=1, description="hard target copies + encoder burst period")
     target_policy_noise: float = Field(0.2, ge=0)
     noise_clip: float = Field(0.3, ge=0)
+    distill: DistillSpec | None = Field(None, description="a distilled value head the planner scores with "
+                                                          "instead of the critic ensemble (None: the ensemble)")
+
+    @model_validator(mode="after")
+    def _distill_needs_a_search(self):
+        if self.distill is not None and self.planner.type == "policy":
+            raise ValueError("distill: the distilled head is the planner's terminal value, and planner 'policy' "
+                             "never scores anything; use a search planner (mppi, cem, ...) or drop distill")
+        return self
 
 
 @dataclass(frozen=True)
@@ -105,6 +138,7 @@ class _PlanningView:
         self.action_dim = agent.action_dim
         self.discount = agent.spec.discount
         self.dtype = next(nets.encoder.parameters()).dtype
+        self.members = None  # the planner aggregator's member subset of this planning call
 
     @property
     def episodic(self) -> bool:
@@ -120,12 +154,20 @@ class _PlanningView:
     def policy(self, z: torch.Tensor) -> torch.Tensor:
         return self.nets.policy.act(z).float()
 
+    def encode(self, obs: torch.Tensor) -> torch.Tensor:
+        # A planner encodes once per planning call: a subset aggregator's members are drawn
+        # here, so one draw serves every iteration of the search (None: all members).
+        self.members = draw_members(self.agent.planner_aggregate, self.agent.num_members, obs.device)
+        return self.nets.encoder.zs(obs.to(self.dtype))
+
     def value(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         # The critics learn Q / reward_scale (MR.Q's reward scaling); the planner adds them to
         # predicted raw rewards, so scale them back. The scale is a tensor (not a float) so a
         # compiled scorer does not specialise on it and recompile every 250 steps.
-        q = self.nets.critic(self.nets.encoder.zsa(z, a.to(self.dtype))).float()
-        return self.agent.planner_aggregate(q) * self.agent.scales[0]
+        zsa = self.nets.encoder.zsa(z, a.to(self.dtype))
+        if self.nets.head is not None:  # the distilled head alone
+            return self.nets.head(zsa)[0].float() * self.agent.scales[0]
+        return self.nets.critic.aggregate(zsa, self.agent.planner_aggregate, self.members) * self.agent.scales[0]
 
 
 @dataclass
@@ -136,6 +178,7 @@ class _Nets:
     encoder: nn.Module
     critic: nn.Module
     policy: nn.Module
+    head: nn.Module | None = None  # the distilled planning head, if any
 
 
 @AGENTS.register("mrq", spec=MRQSpec, help="MR.Q; with the right spec also MRS.Q and its ablations")
@@ -159,11 +202,24 @@ class MRQ(Agent):
         self.target_aggregate = build_aggregator(spec.aggregators.target)
         self.policy_aggregate = build_aggregator(spec.aggregators.policy)
         self.planner_aggregate = build_aggregator(spec.aggregators.planner)
+        self.num_members = getattr(self.critic, "num_members", None)
 
         o = spec.optim
         self.encoder_optim = self.adam(self.encoder.parameters(), o.encoder_lr, o.weight_decay, o.fused)
         self.critic_optim = self.adam(self.critic.parameters(), o.critic_lr, o.weight_decay, o.fused)
         self.policy_optim = self.adam(self.policy.parameters(), o.policy_lr, o.weight_decay, o.fused)
+        self.distill_head = None
+        if spec.distill is not None:  # its module, optimiser and metric join the checkpoint and train.csv
+            d = spec.distill
+            self.distill_head = CRITICS.get(d.head.type)(d.head, zsa_dim)
+            self.distill_aggregate = build_aggregator(d.aggregator)
+            self.distill_optim = self.adam(self.distill_head.parameters(), d.lr, o.weight_decay, o.fused)
+            self.MODULES = (*type(self).MODULES, "distill_head")
+            self.OPTIMIZERS = (*type(self).OPTIMIZERS, "distill_optim")
+            self.METRICS = (*type(self).METRICS, "distill/loss")
+        # the diagnostics' member draws come from their own generator, reseeded from the training
+        # step at each use: evaluations never move training's RNG, and a resumed run draws the same
+        self._diagnostic_generator = torch.Generator()
 
         h = spec.value_horizon
         self.register_buffer("gammas", spec.discount ** torch.arange(h, dtype=torch.float32), persistent=False)
@@ -175,7 +231,7 @@ class MRQ(Agent):
         self.reward_scale, self.target_reward_scale = 1.0, 0.0
         self._acting: _Nets | None = None  # bf16 copies for acting (built on first use)
         self._acting_stale = True
-        self.planning_model = _PlanningView(self, _Nets(self.encoder, self.critic, self.policy))
+        self.planning_model = _PlanningView(self, _Nets(self.encoder, self.critic, self.policy, self.distill_head))
         self._compile()
 
     def _compile(self) -> None:
@@ -184,6 +240,8 @@ class MRQ(Agent):
         self.compiled_encoder_loss = Compiled(self.encoder_loss_terms, r, "encoder loss")
         self.compiled_critic_loss = Compiled(self.critic_loss_terms, r, "critic loss")
         self.compiled_policy_loss = Compiled(self.policy_loss_terms, r, "policy loss")
+        if self.distill_head is not None:
+            self.compiled_distill_loss = Compiled(self.distill_loss_terms, r, "distill loss")
         if hasattr(self.planner, "set_runtime"):
             self.planner.set_runtime(r)
 
@@ -203,16 +261,17 @@ class MRQ(Agent):
         them, refreshed (one fused foreach copy-cast) after each update, not cast per call."""
         if not self.hp.bf16:
             return self.planning_model.nets
+        masters = [m for m in (self.encoder, self.critic, self.policy, self.distill_head) if m is not None]
         if self._acting is None:
-            copies = [copy.deepcopy(m).to(torch.bfloat16).requires_grad_(False)
-                      for m in (self.encoder, self.critic, self.policy)]
+            copies = [copy.deepcopy(m).to(torch.bfloat16).requires_grad_(False) for m in masters]
             self._acting = _Nets(*copies)
             self._acting_view = _PlanningView(self, self._acting)
             self._acting_stale = False
         elif self._acting_stale:
             with torch.no_grad():
-                for src, dst in zip((self.encoder, self.critic, self.policy),
-                                    (self._acting.encoder, self._acting.critic, self._acting.policy)):
+                acting = [m for m in (self._acting.encoder, self._acting.critic, self._acting.policy,
+                                      self._acting.head) if m is not None]
+                for src, dst in zip(masters, acting):
                     torch._foreach_copy_(list(dst.parameters()), list(src.parameters()))
             self._acting_stale = False
         return self._acting
@@ -232,6 +291,10 @@ class MRQ(Agent):
         view = self.acting_view()
         return view.policy(view.encode(obs))[0]
 
+    def reference_action(self, view, obs: torch.Tensor) -> torch.Tensor:
+        # encoded without view.encode, which starts a planning call (and draws a planner subset)
+        return view.policy(view.nets.encoder.zs(obs.to(view.dtype)))[0].float()
+
     @torch.no_grad()
     def value_estimate(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The agent's value of ``(obs [T, obs], action [T, A])`` in return units (the value-error
@@ -239,9 +302,29 @@ class MRQ(Agent):
         ensemble, times the reward scale (the critics learn Q / reward_scale). Online fp32
         networks. Returns ``(Q [T], per-member std [T])``, both in return units."""
         obs, action = obs.to(self.device, torch.float32), action.to(self.device, torch.float32)
-        q = self.critic(self.encoder.zsa(self.encoder.zs(obs), action)).float()  # [N, T, 1]
+        zsa = self.encoder.zsa(self.encoder.zs(obs), action)
+        q = self.critic(zsa).float()  # [N, T, 1]
         scale = self.scales[0]
-        return (self.target_aggregate(q) * scale)[:, 0], (q.std(0) * scale)[:, 0]
+        agg = self.critic.aggregate(zsa, self.target_aggregate, self._diagnostic_members(self.target_aggregate))
+        return (agg * scale)[:, 0], (q.std(0) * scale)[:, 0]
+
+    @torch.no_grad()
+    def planner_value_estimate(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """The value the planner's terminal step would give ``(obs [T, obs], action [T, A])``, in
+        return units ``[T]``: the distilled head if there is one, else the planner's aggregator
+        over the online ensemble (eval.csv's ``planner_value_bias``)."""
+        obs, action = obs.to(self.device, torch.float32), action.to(self.device, torch.float32)
+        zsa = self.encoder.zsa(self.encoder.zs(obs), action)
+        if self.distill_head is not None:
+            value = self.distill_head(zsa)[0].float()
+        else:
+            members = self._diagnostic_members(self.planner_aggregate)
+            value = self.critic.aggregate(zsa, self.planner_aggregate, members)
+        return (value * self.scales[0])[:, 0]
+
+    def _diagnostic_members(self, aggregate) -> torch.Tensor | None:
+        self._diagnostic_generator.manual_seed(self.spec.train.seed * 1_000_003 + self.training_steps)
+        return draw_members(aggregate, self.num_members, self.device, self._diagnostic_generator)
 
     # ------------------------------------------------------------------------------ training
     def update(self, replay) -> dict[str, torch.Tensor]:
@@ -353,62 +436,86 @@ class MRQ(Agent):
         noise = self.target_noise(batch.reward.shape[0]) if noise is None else noise
         return self._value_target(batch.reward, batch.terminated, batch.next_obs[:, -1], noise)
 
-    def _value_target(self, reward, terminated, last_next_obs, noise) -> torch.Tensor:
+    def _value_target(self, reward, terminated, last_next_obs, noise, members=None) -> torch.Tensor:
+        """``[B, K]``: one target value (K = 1), or a quantile critic's target atoms."""
         with torch.no_grad():
             alive = alive_before(terminated)  # [B,H]
             ret = (reward * alive * self.gammas).sum(1, keepdim=True)
             not_done = alive[:, -1:] * (1 - terminated[:, -1:])
             next_zs = self.encoder_target.zs(last_next_obs)
             next_action = (self.policy_target.act(next_zs) + noise).clamp(-1, 1)
-            q_next = self.target_aggregate(self.critic_target(self.encoder_target.zsa(next_zs, next_action)).float())
+            q_next = self.critic_target.td_atoms(self.encoder_target.zsa(next_zs, next_action), self.target_aggregate,
+                                                 members)
             reward_scale, target_reward_scale = self.scales[0], self.scales[1]
             return (ret + not_done * self.bootstrap_discount * q_next * target_reward_scale) / reward_scale
 
-    def critic_loss(self, batch, noise: torch.Tensor | None = None):
-        """Huber loss of every member against the shared target. Returns (loss, q, target, zs)."""
+    def critic_loss(self, batch, noise: torch.Tensor | None = None, members: torch.Tensor | None = None):
+        """The critic's regression loss of every member against the shared target (MR.Q: Huber).
+        Returns (loss, q, target, zs)."""
         noise = self.target_noise(batch.reward.shape[0]) if noise is None else noise
         return self.critic_loss_terms(batch.obs[:, 0], batch.action[:, 0], batch.reward,
-                                      batch.terminated, batch.next_obs[:, -1], noise)
+                                      batch.terminated, batch.next_obs[:, -1], noise, members)[:4]
 
-    def critic_loss_terms(self, obs0, action0, reward, terminated, last_next_obs, noise):
-        """Plain-tensor body of :meth:`critic_loss` (what gets compiled)."""
-        target = self._value_target(reward, terminated, last_next_obs, noise)
+    def critic_loss_terms(self, obs0, action0, reward, terminated, last_next_obs, noise, members=None):
+        """Plain-tensor body of :meth:`critic_loss` (what gets compiled); ``members``: the target
+        aggregator's subset, drawn outside (once per update batch)."""
+        target = self._value_target(reward, terminated, last_next_obs, noise, members)
         with torch.no_grad():  # RL losses never train the encoder
             zs = self.encoder.zs(obs0)
             zsa = self.encoder.zsa(zs, action0)
-        q = self.critic(zsa).float()  # [N,B,1]
-        loss = F.smooth_l1_loss(q, target.expand_as(q))
-        return loss, q, target, zs
+        q = self.critic.atoms(zsa).float()  # [N,B,M] (M = 1 but for quantile critics)
+        loss = self.critic.regression_loss(q, target, "huber")
+        return loss, q, target, zs, zsa
 
     def critic_step(self, batch):
         noise = self.target_noise(batch.reward.shape[0])
-        loss, (q, target, zs), grad_norm = self.optimize(
+        members = draw_members(self.target_aggregate, self.num_members, self.gammas.device)
+        loss, (q, target, zs, zsa), grad_norm = self.optimize(
             self.compiled_critic_loss, self.critic_optim,
             batch.obs[:, 0], batch.action[:, 0], batch.reward, batch.terminated, batch.next_obs[:, -1], noise,
-            clip=(self.critic.parameters(), self.hp.critic_grad_clip))
-        td_error = (q.detach() - target).abs().amax(0).reshape(-1)
-        metrics = {"critic/loss": loss.detach(), "critic/q_mean": q.detach().mean(),
+            members, clip=(self.critic.parameters(), self.hp.critic_grad_clip))
+        q = q.detach()
+        td_error = self.critic.td_error(q, target)
+        metrics = {"critic/loss": loss.detach(), "critic/q_mean": q.mean(),
                    "critic/grad_norm": grad_norm.detach()}
+        if self.distill_head is not None:
+            metrics["distill/loss"] = self.distill_step(zsa.detach(), q)
         return zs.detach(), metrics, td_error
+
+    def distill_loss_terms(self, zsa: torch.Tensor, q: torch.Tensor):
+        """Huber loss of the distilled head at the replay batch's ``zsa`` against the distill
+        aggregator of the ensemble's values ``q [N, B, M]`` there (both in critic units)."""
+        with torch.no_grad():
+            values = q if self.distill_aggregate.pools_atoms else q.mean(-1, keepdim=True)
+            target = self.distill_aggregate(values)
+        pred = self.distill_head(zsa)[0].float()
+        return (F.smooth_l1_loss(pred, target),)
+
+    def distill_step(self, zsa: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        loss, _, _ = self.optimize(self.compiled_distill_loss, self.distill_optim, zsa, q)
+        return loss.detach()
 
     def policy_loss(self, zs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``-mean_B agg_i Q_i(g(zs, pi(zs))) + w * mean(pre_tanh^2)`` (agg: mean in MR.Q)."""
         with frozen(self.encoder, self.critic):
-            loss, penalty = self.policy_loss_terms(zs)
+            loss, penalty = self.policy_loss_terms(zs, self._policy_members())
         return loss, {"policy/loss": loss.detach(), "policy/pre_activation": penalty.detach()}
 
-    def policy_loss_terms(self, zs: torch.Tensor):
+    def _policy_members(self) -> torch.Tensor | None:
+        return draw_members(self.policy_aggregate, self.num_members, self.gammas.device)
+
+    def policy_loss_terms(self, zs: torch.Tensor, members: torch.Tensor | None = None):
         """Plain-tensor body of :meth:`policy_loss` (compiled); call it with the encoder and the
         critic frozen, so the backward computes no weight gradients for them."""
         action, pre = self.policy(zs)
-        q = self.policy_aggregate(self.critic(self.encoder.zsa(zs, action)).float())
+        q = self.critic.aggregate(self.encoder.zsa(zs, action), self.policy_aggregate, members)
         penalty = pre.float().pow(2).mean()
         loss = -q.mean() + self.hp.w_pre_activation * penalty
         return loss, penalty
 
     def policy_step(self, zs: torch.Tensor) -> dict[str, torch.Tensor]:
         with frozen(self.encoder, self.critic):
-            loss, (penalty,), _ = self.optimize(self.compiled_policy_loss, self.policy_optim, zs)
+            loss, (penalty,), _ = self.optimize(self.compiled_policy_loss, self.policy_optim, zs, self._policy_members())
         return {"policy/loss": loss.detach(), "policy/pre_activation": penalty.detach()}
 
     # ------------------------------------------------------------------------------ state

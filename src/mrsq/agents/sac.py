@@ -77,15 +77,15 @@ class SAC(ModelFreeAgent):
         features = self.features(obs)
         return (self.policy.sample(features)[0] if explore else self.policy.act(features))[0]
 
-    def next_value(self, next_obs, noise):
+    def next_value(self, next_obs, noise, members=None):
         # a' from the online policy at s' (SAC); the critic's features of s' from the target encoder
         action, log_prob, _ = self.policy.sample(self.features(next_obs))
-        q = self.target_aggregate(self.q_values(self.features(next_obs, target=True), action, target=True))
+        q = self.q_target_atoms(self.features(next_obs, target=True), action, members)
         return q - self.alpha * log_prob.float()
 
-    def policy_loss_terms(self, features):
+    def policy_loss_terms(self, features, members=None):
         action, log_prob, _ = self.policy.sample(features.detach())
-        q = self.policy_aggregate(self.q_values(features.detach(), action))
+        q = self.q_aggregate(features.detach(), action, self.policy_aggregate, members)
         log_prob = log_prob.float()
         return (self.alpha * log_prob - q).mean(), log_prob.detach()
 

@@ -57,14 +57,14 @@ class TD3(ModelFreeAgent):
         noise = torch.randn(batch_size, self.action_dim, device=self.device) * self.noise_std
         return noise.clamp(-self.noise_clip, self.noise_clip)
 
-    def next_value(self, next_obs, noise):
+    def next_value(self, next_obs, noise, members=None):
         features = self.features(next_obs, target=True)
         action = (self.policy_target.act(features) + noise).clamp(-1, 1)
-        return self.target_aggregate(self.q_values(features, action, target=True))
+        return self.q_target_atoms(features, action, members)
 
-    def policy_loss_terms(self, features):
+    def policy_loss_terms(self, features, members=None):
         action, _ = self.policy(features.detach())
-        q = self.policy_aggregate(self.q_values(features.detach(), action))
+        q = self.q_aggregate(features.detach(), action, self.policy_aggregate, members)
         return (-q.mean(),)
 
     def soft_update_targets(self, policy_updated: bool) -> None:

@@ -54,13 +54,13 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from mrsq.agents.base import Agent, AgentSpec, alive_before, frozen, require
 from mrsq.agents.spec import AggregatorChoice, ReplaySpec, Section
 from mrsq.compile import Compiled
-from mrsq.critics.aggregators import build_aggregator
+from mrsq.critics.aggregators import build_aggregator, draw_members
 from mrsq.nn import soft_update_
 from mrsq.registry import AGENTS, CRITICS, ENCODERS, PLANNERS, POLICIES
 from mrsq.specs import component
@@ -124,6 +124,17 @@ class TDMPC2Spec(AgentSpec):
         return require(CRITICS, critic, "distributional", "regresses a scalar; TD-MPC2's value loss needs a "
                                                            "two-hot critic such as 'twohot_ensemble'")
 
+    @model_validator(mode="after")
+    def _subset_in_the_planner_only(self):
+        # The two-hot losses are compiled over every member; drawing a subset for them is not built
+        # (TD-MPC2's own draw is min_of_k/mean_of_k, which evaluate all members and pick k).
+        for use in ("target", "policy"):
+            agg = getattr(self.aggregators, use)
+            if getattr(type(agg), "DRAWS_SUBSET", False):
+                raise ValueError(f"aggregators.{use}: {agg.type!r} evaluates only drawn members, which tdmpc2 "
+                                 f"supports in its planner alone; use min_of_k / mean_of_k here")
+        return self
+
     @field_validator("policy")
     @classmethod
     def _stochastic(cls, policy):
@@ -140,6 +151,7 @@ class _View:
         self.agent = agent
         self.action_dim, self.discount = agent.action_dim, agent.spec.discount
         self.sample = True
+        self.members = None  # the planner aggregator's member subset of this planning call
 
     @property
     def episodic(self) -> bool:
@@ -150,6 +162,8 @@ class _View:
         return self.sample
 
     def encode(self, obs):
+        # once per planning call: a subset aggregator's members are drawn here for the whole search
+        self.members = draw_members(self.agent.planner_aggregate, self.agent.critic.num_members, obs.device)
         return self.agent.encoder.zs(obs)
 
     def step(self, z, a):
@@ -161,7 +175,9 @@ class _View:
         return policy.sample(z)[0] if self.sample else policy.act(z)
 
     def value(self, z, a):
-        return self.agent.planner_aggregate(self.agent.q_values(z, a))
+        # no dropout in planning (TD-MPC2); a two-hot critic's atoms are its decoded values
+        x = torch.cat([z, a.to(z.dtype)], -1)
+        return self.agent.planner_aggregate(self.agent.critic.values(x, dropout=False, members=self.members))
 
 
 @AGENTS.register("tdmpc2", spec=TDMPC2Spec, help="TD-MPC2-style latent agent: SimNorm model, two-hot critics, MPPI")

@@ -53,15 +53,22 @@ class TwoHotEnsembleCritic(EnsembleCritic):
     def output_dim(spec) -> int:
         return spec.num_bins
 
-    def logits(self, x: torch.Tensor, dropout: bool | None = None) -> torch.Tensor:
-        return self.raw(x, dropout)
+    def logits(self, x: torch.Tensor, dropout: bool | None = None,
+               members: torch.Tensor | None = None) -> torch.Tensor:
+        return self.raw(x, dropout, members)
 
-    def values(self, x: torch.Tensor, dropout: bool | None = None) -> torch.Tensor:
+    def values(self, x: torch.Tensor, dropout: bool | None = None,
+               members: torch.Tensor | None = None) -> torch.Tensor:
         """Decoded values ``[N, B, 1]`` (fp32), with or without the first layer's dropout."""
-        return self.two_hot.decode(self.raw(x, dropout).float())
+        return self.two_hot.decode(self.raw(x, dropout, members).float())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.values(x)
+    def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
+        return self.values(x, members=members)
+
+    def atoms(self, x: torch.Tensor, members: torch.Tensor | None = None,
+              dropout: bool | None = None) -> torch.Tensor:
+        """One decoded value per member ``[N, B, 1]`` (the loss itself is :meth:`cross_entropy`)."""
+        return self.values(x, dropout, members)
 
     def cross_entropy(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``logits [N, B, bins]``, ``target [B, 1]`` -> per-member, per-sample loss ``[N, B]``."""

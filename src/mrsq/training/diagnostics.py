@@ -21,6 +21,14 @@ positive is overestimation), ``value_error_abs`` = mean ``|Q - G|`` and ``value_
 ``value_states``, the number of states counted. ``EPS`` is one reward unit, so states whose
 return is near zero do not dominate the percentage.
 
+**The planner's value.** ``planner_value_bias`` and ``planner_overestimation_frac``: the same
+mean ``Q - G`` and fraction ``Q > G`` for the value the planner's terminal step uses
+(``agent.planner_value_estimate``: the planner's aggregator over the ensemble, or a distilled
+head), at the same executed pairs. These are the planner's own actions when it searched, so this
+is the value's bias where search takes it; it differs from ``value_bias`` when the planner
+aggregates differently from the TD target, or scores with a distilled head. NaN for agents
+without a planner value.
+
 **Divergence.** ``search_divergence`` (``eval.csv``) and ``search/divergence`` (``train.csv``):
 mean over the actions the agent chose of ``mean_a (a_search - pi(s))^2``, the planner's action
 against the policy's at the same state, before exploration noise (the agent accumulates it in
@@ -38,6 +46,7 @@ TAIL_WEIGHT = 0.01
 EPS = 1.0
 VALUE_COLUMNS = ("value_error_pct", "value_error_abs", "value_bias", "overestimation_frac", "q_member_std",
                  "value_states")
+PLANNER_VALUE_COLUMNS = ("planner_value_bias", "planner_overestimation_frac")
 
 
 def discounted_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
@@ -87,7 +96,8 @@ class ValueErrorRecorder:
     def __init__(self, agent, gamma: float) -> None:
         self.agent, self.gamma = agent, gamma
         self.enabled = hasattr(agent, "value_estimate")
-        self.q, self.g, self.std = [], [], []
+        self.planner_values = hasattr(agent, "planner_value_estimate")
+        self.q, self.g, self.std, self.pq = [], [], [], []
         self._obs, self._actions, self._rewards = [], [], []
 
     def step(self, obs, action, reward) -> None:
@@ -102,8 +112,10 @@ class ValueErrorRecorder:
         n = counted_states(len(self._rewards), terminated, self.gamma)
         if n > 0:
             g = discounted_returns(np.asarray(self._rewards), self.gamma)[:n]
-            q, std = self.agent.value_estimate(torch.as_tensor(np.stack(self._obs[:n])),
-                                               torch.as_tensor(np.stack(self._actions[:n])))
+            obs, actions = torch.as_tensor(np.stack(self._obs[:n])), torch.as_tensor(np.stack(self._actions[:n]))
+            q, std = self.agent.value_estimate(obs, actions)
+            if self.planner_values:
+                self.pq.append(self.agent.planner_value_estimate(obs, actions).cpu().double().numpy())
             self.q.append(q.cpu().double().numpy())
             self.std.append(std.cpu().double().numpy())
             self.g.append(g)
@@ -113,4 +125,9 @@ class ValueErrorRecorder:
         if not self.enabled:
             return {}
         cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)
-        return value_error_stats(cat(self.q), cat(self.g), cat(self.std))
+        stats = value_error_stats(cat(self.q), cat(self.g), cat(self.std))
+        pq, g = cat(self.pq), cat(self.g)
+        if pq.size:
+            stats["planner_value_bias"] = float(np.mean(pq - g))
+            stats["planner_overestimation_frac"] = float(np.mean(pq > g))
+        return stats

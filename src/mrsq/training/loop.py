@@ -53,10 +53,11 @@ from mrsq.runtime import replay_device
 from mrsq.runtime import resolve as resolve_runtime
 from mrsq.training.checkpoint import (CHECKPOINT, CheckpointError, CheckpointWriteError, failpoint,
                                       load_latest, remove_stale_tmp, save_checkpoint)
-from mrsq.training.diagnostics import VALUE_COLUMNS, ValueErrorRecorder
+from mrsq.training.diagnostics import PLANNER_VALUE_COLUMNS, VALUE_COLUMNS, ValueErrorRecorder
 from mrsq.training.logging import CSVLog, MetricMeans
 
-EVAL_COLUMNS = ("step", "return_mean", "return_std", "episodes", "wall_time", *VALUE_COLUMNS, "search_divergence")
+EVAL_COLUMNS = ("step", "return_mean", "return_std", "episodes", "wall_time", *VALUE_COLUMNS, "search_divergence",
+                *PLANNER_VALUE_COLUMNS)
 TRAIN_COLUMNS = ("step", "wall_time", "steps_per_s", "episodes", "episode_return", "reward_scale",
                  "search/divergence")  # then the agent's own METRICS
 

@@ -1,0 +1,155 @@
+"""The cheap-pessimism mechanisms (issue 17) inside agents: every preset and port passes the agent
+contract, each new loss changes only what it should, the distilled head is what the planner
+scores with, the TQC target is built from truncated atoms, and a run resumes bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mrsq.components  # noqa: F401
+from mrsq import specs
+from mrsq.agents.mrq import MRQ
+from mrsq.testing import check_agent
+
+from tests.agents.test_mrq import ACTION_DIM, OBS_DIM, TINY, changed, fill_replay, make_batch, names, snapshot
+
+SMALL_PLANNER = ["planner.num_samples=16", "planner.num_elites=4", "planner.num_policy_trajectories=2",
+                 "planner.iterations=2"]
+CHEAP_PRESETS = ["mrsq_trunk_small", "mrsq_plan_k_small", "mrsq_tqc_small", "mrsq_distill_small",
+                 "mrsq_droq_small"]
+
+
+def tiny(preset: str, *overrides: str):
+    # restate the critic width per preset: a changed critic type keeps none of TINY's dotted fields
+    return specs.load(preset, [*TINY, *SMALL_PLANNER, "target_update_every=5", "compile=off", "precision=fp32",
+                               *overrides])
+
+
+@pytest.mark.parametrize("preset", CHEAP_PRESETS)
+def test_cheap_presets_pass_the_agent_contract(preset):
+    check_agent(tiny(preset), steps=12)
+
+
+# the mechanisms ported to the other agents that take a critic
+PORTS = {
+    "td3_tqc": ("td3", ["critic={type: quantile_ensemble, num_members: 2, num_quantiles: 5, hidden_dim: 32, "
+                        "num_hidden: 2, activation: relu, layer_norm: false}",
+                        "aggregators.target={type: truncated_mean, drop: 1}", "aggregators.policy=mean"]),
+    "td3_trunk_subset": ("td3", ["critic={type: shared_trunk, num_members: 5, shared_layers: 1, hidden_dim: 32, "
+                                 "num_hidden: 2, activation: relu, layer_norm: false}",
+                                 "aggregators.target={type: subset, k: 2}",
+                                 "aggregators.policy={type: subset, k: 1, reduce: mean}"]),
+    "sac_tqc": ("sac", ["critic={type: quantile_ensemble, num_members: 2, num_quantiles: 5, hidden_dim: 32, "
+                        "num_hidden: 2, activation: relu, layer_norm: false}",
+                        "aggregators.target={type: truncated_mean, drop: 2}"]),
+    "tdmpc2_trunk_plan_subset": ("tdmpc2", ["critic.shared_layers=1", "aggregators.planner={type: subset, k: 2}"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PORTS))
+def test_mechanisms_compose_with_the_other_agents(case):
+    agent_type, overrides = PORTS[case]
+    check_agent(agent_type, steps=12, overrides=tuple(overrides))
+
+
+# ------------------------------------------------------------------------------ gradient isolation
+def test_critic_step_with_distill_changes_only_the_critic_and_the_head():
+    torch.manual_seed(0)
+    agent = MRQ(tiny("mrsq_distill_small"), OBS_DIM, ACTION_DIM)
+    agent.reward_scale = agent.target_reward_scale = 1.0
+    before = snapshot(agent)
+    _, metrics, _ = agent.critic_step(make_batch(8, 3))
+    assert changed(agent, before) == names(agent, "critic") | names(agent, "distill_head")
+    assert all(p.grad is None for p in agent.encoder.parameters())
+    assert all(p.grad is None for p in agent.policy.parameters())
+    assert torch.isfinite(metrics["distill/loss"])
+
+
+def test_distill_loss_trains_the_head_alone_toward_the_ensemble_min():
+    torch.manual_seed(0)
+    agent = MRQ(tiny("mrsq_distill_small"), OBS_DIM, ACTION_DIM)
+    zsa = torch.randn(32, agent.spec.encoder.zsa_dim)
+    q = agent.critic(zsa).detach()
+    (loss,) = agent.distill_loss_terms(zsa, q)
+    loss.backward()
+    assert all(p.grad is None for m in (agent.encoder, agent.critic, agent.policy) for p in m.parameters())
+    assert all(p.grad is not None for p in agent.distill_head.parameters())
+    # its target is the min over the members; a few hundred steps on a fixed batch fit it
+    zsa = zsa.detach()
+    first = float(agent.distill_loss_terms(zsa, q)[0].detach())
+    for _ in range(300):
+        agent.distill_step(zsa, q)
+    last = float(agent.distill_loss_terms(zsa, q)[0].detach())
+    assert last < 0.2 * first
+
+
+def test_planner_scores_with_the_distilled_head():
+    torch.manual_seed(0)
+    agent = MRQ(tiny("mrsq_distill_small"), OBS_DIM, ACTION_DIM)
+    agent.reward_scale = 2.5
+    view = agent.acting_view()
+    z = agent.encoder.zs(torch.randn(6, OBS_DIM))
+    a = torch.rand(6, ACTION_DIM) * 2 - 1
+    expected = agent.distill_head(agent.encoder.zsa(z, a))[0] * 2.5
+    torch.testing.assert_close(view.value(z, a), expected)
+    obs, act = torch.randn(4, OBS_DIM), torch.rand(4, ACTION_DIM) * 2 - 1
+    zsa = agent.encoder.zsa(agent.encoder.zs(obs), act)
+    torch.testing.assert_close(agent.planner_value_estimate(obs, act), agent.distill_head(zsa)[0, :, 0] * 2.5)
+    # value_estimate (value_bias) stays the TD target's min over the ensemble
+    torch.testing.assert_close(agent.value_estimate(obs, act)[0], agent.critic(zsa).amin(0)[:, 0] * 2.5)
+
+
+def test_tqc_value_target_is_the_truncated_atoms():
+    torch.manual_seed(0)
+    agent = MRQ(tiny("mrsq_tqc_small"), OBS_DIM, ACTION_DIM)
+    agent.reward_scale, agent.target_reward_scale = 2.0, 4.0
+    batch = make_batch(8, 3)
+    noise = torch.zeros(8, ACTION_DIM)
+    target = agent.value_target(batch, noise)
+    m, d = agent.spec.critic.num_quantiles, agent.spec.aggregators.target.drop
+    assert target.shape == (8, 2 * (m - d))
+    # by hand: the target networks' atoms at (s_3, pi(s_3)), pooled, sorted, top d*N dropped
+    with torch.no_grad():
+        zs = agent.encoder_target.zs(batch.next_obs[:, -1])
+        a = agent.policy_target.act(zs).clamp(-1, 1)
+        atoms = agent.critic_target.atoms(agent.encoder_target.zsa(zs, a))
+        kept = atoms.permute(1, 0, 2).reshape(8, -1).sort(-1).values[:, : 2 * (m - d)]
+        ret = (batch.reward * agent.gammas).sum(1, keepdim=True)
+        expected = (ret + agent.bootstrap_discount * kept * 4.0) / 2.0
+    torch.testing.assert_close(target, expected)
+    loss, q, tgt, _ = agent.critic_loss(batch, noise)
+    assert q.shape == (2, 8, m) and torch.isfinite(loss)
+
+
+# ------------------------------------------------------------------------------ a real run
+@pytest.mark.slow
+def test_cheap_mechanisms_resume_bit_for_bit(tmp_path):
+    """The distilled head (its optimiser in the checkpoint), a shared trunk and a TD-target subset
+    draw (the global RNG) through a real Trainer run, killed mid-run and resumed: eval.csv equals
+    the uninterrupted run's, the planner-value columns included."""
+    from tests.training.test_resume import TINY as RESUME_TINY, eval_rows, run_cli, train_rows
+    from mrsq.training.loop import Trainer
+
+    extra = ["critic={type: shared_trunk, num_members: 3, hidden_dim: 32, shared_layers: 2}",
+             "aggregators.target={type: subset, k: 2}", "distill.head.hidden_dim=16", *SMALL_PLANNER]
+    steps, env = 200, "gym:InvertedPendulum-v5"
+    overrides = RESUME_TINY + extra + [f"train.env={env}", f"train.steps={steps}", "train.eval_every=100",
+                                       "train.checkpoint_every=40"]
+    reference = tmp_path / "reference"
+    threads = torch.get_num_threads()
+    try:
+        Trainer(specs.load("mrsq_distill_small", overrides), reference, progress=False).run()
+    finally:
+        torch.set_num_threads(threads)
+    rows = eval_rows(reference / "eval.csv")
+    assert rows[-1]["planner_value_bias"] not in ("", "nan")
+    out = tmp_path / "cut"
+    args = ["train", "mrsq_distill_small", "--no-progress", "--out", str(out)]
+    args += [a for o in overrides for a in ("--set", o)]
+    killed = run_cli(args, tmp_path, failpoint="step:130")
+    assert killed.returncode != 0
+    resumed = run_cli(["train", "--resume", str(out), "--no-progress"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert train_rows(out / "train.csv") == train_rows(reference / "train.csv")
+    assert eval_rows(out / "eval.csv") == rows
