@@ -7,6 +7,7 @@ folder that already holds a run) print one line and exit with status 2, without 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -359,6 +360,23 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_frontier(args) -> int:
+    from mrsq import frontier
+
+    _set_threads(args.threads)
+    if args.out and Path(args.out).suffix.lower() not in PLOT_SUFFIXES:
+        raise UsageError(f"--out {args.out}: unsupported image type; use one of {', '.join(PLOT_SUFFIXES)}")
+    result = frontier.frontier([Path(r) for r in args.runs], reference=args.reference, labels=args.label)
+    print(frontier.table(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        print(f"mrsq: wrote {args.json}")
+    if args.out:
+        print(f"mrsq: wrote {frontier.plot(result, Path(args.out))}")
+    return 0
+
+
 def cmd_diagnose(args) -> int:
     from mrsq import diagnose
 
@@ -422,6 +440,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", action="append", help="preset label per run (default: the run's preset)")
     p.add_argument("--reps", type=int, default=2000, help="bootstrap resamples for the IQM interval")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("frontier", help="per variant: counted FLOPs per env step (and in the critics) relative to "
+                                        "a reference, against value bias, overestimation and return over seeds")
+    p.add_argument("runs", nargs="+", help="run folders or sweep folders")
+    p.add_argument("--reference", default="mrsq_small", help="variant the FLOPs are relative to (default "
+                                                             "mrsq_small; the first variant if absent)")
+    p.add_argument("--label", action="append", help="label per run folder (default: its preset / sweep variant)")
+    p.add_argument("--out", help="image of the frontier (x: FLOPs relative; y: value bias, return)")
+    p.add_argument("--json", help="also write the figures as JSON here")
+    p.add_argument("--threads", type=int, help="torch threads while counting")
+    p.set_defaults(func=cmd_frontier)
 
     p = sub.add_parser("diagnose", help="the paper's analyses; `nchain`: random-shooting search on the N-chain")
     p.add_argument("analysis", choices=["nchain"])

@@ -16,7 +16,7 @@ from tests.agents.test_mrq import ACTION_DIM, OBS_DIM, TINY, changed, fill_repla
 
 SMALL_PLANNER = ["planner.num_samples=16", "planner.num_elites=4", "planner.num_policy_trajectories=2",
                  "planner.iterations=2"]
-CHEAP_PRESETS = ["mrsq_trunk_small", "mrsq_plan_k_small", "mrsq_tqc_small", "mrsq_distill_small",
+CHEAP_PRESETS = ["mrsq_trunk_small", "mrsq_trunk3_small", "mrsq_plan_k_small", "mrsq_tqc_small", "mrsq_distill_small",
                  "mrsq_droq_small"]
 
 

@@ -69,3 +69,36 @@ def test_not_a_run_folder_is_a_user_error(tmp_path, capsys):
     assert main(["compare", str(tmp_path)]) == 2
     assert "no eval.csv" in capsys.readouterr().err
     assert main(["plot", str(tmp_path), "--out", str(tmp_path / "x.png")]) == 2
+
+
+def test_frontier_on_a_committed_sweep(tmp_path, capsys):
+    """`mrsq frontier` on issue 9's sweep folder: counted FLOPs per step relative to mrsq_small,
+    the pessimism columns averaged over the post-warm-up evaluations by hand, a figure and JSON."""
+    import json
+    from pathlib import Path
+
+    from mrsq.runs import load_run
+
+    sweep = Path(__file__).resolve().parents[2] / "docs" / "results" / "sweep_small"
+    png, out = tmp_path / "frontier.png", tmp_path / "frontier.json"
+    assert main(["frontier", str(sweep), "--out", str(png), "--json", str(out), "--threads", "1"]) == 0
+    assert "| mrq_mpc_small | 3 |" in capsys.readouterr().out and png.stat().st_size > 20_000
+    block = json.loads(out.read_text())["dmc:cartpole-swingup"]
+    rows = {r["variant"]: r for r in block["rows"]}
+    assert block["reference"] == "mrsq_small" and rows["mrsq_small"]["flops_rel"] == 1.0
+    # the same sizes and planner, 2 critics instead of 5: the critic FLOPs scale by 2/5 exactly
+    assert rows["mrq_mpc_small"]["critic_flops_rel"] == pytest.approx(0.4, rel=1e-3)
+    assert rows["mrq_small"]["flops_rel"] < rows["mrq_mpc_small"]["flops_rel"] < 1.0  # no search: no planning FLOPs
+    # value bias: each seed's mean over evaluations after its 2000-step warm-up, then over seeds
+    per_seed = []
+    for seed in range(3):
+        run = load_run(sweep / "dmc-cartpole-swingup" / "mrsq_small" / f"seed{seed}")
+        keep = run.steps > 2000
+        per_seed.append(run.columns["value_bias"][keep].mean())
+    assert rows["mrsq_small"]["value_bias"]["mean"] == pytest.approx(np.mean(per_seed))
+    assert rows["mrsq_small"]["value_bias"]["std"] == pytest.approx(np.std(per_seed))
+
+
+def test_frontier_refuses_a_bad_image_name(tmp_path, capsys):
+    assert main(["frontier", str(tmp_path), "--out", str(tmp_path / "f.txt")]) == 2
+    assert "unsupported image type" in capsys.readouterr().err

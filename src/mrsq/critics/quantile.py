@@ -56,13 +56,18 @@ class QuantileEnsembleCritic(EnsembleCritic):
     def output_dim(spec) -> int:
         return spec.num_quantiles
 
-    def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
-        return self.raw(x, members=members).mean(-1, keepdim=True)
+    def forward(self, x: torch.Tensor, members: torch.Tensor | None = None, atoms: bool = False,
+                dropout: bool | None = None) -> torch.Tensor:
+        """Each member's value ``[N, B, 1]`` (the mean of its quantiles), or with ``atoms`` its
+        quantiles ``[N, B, M]``."""
+        quantiles = self.raw(x, dropout, members)
+        return quantiles if atoms else quantiles.mean(-1, keepdim=True)
 
     def atoms(self, x: torch.Tensor, members: torch.Tensor | None = None,
               dropout: bool | None = None) -> torch.Tensor:
-        """Every member's M quantiles ``[N, B, M]`` (what the quantile loss fits)."""
-        return self.raw(x, dropout, members)
+        """Every member's M quantiles ``[N, B, M]`` (what the quantile loss fits). Through
+        ``__call__``, so hooks (and FLOP counters) see the module."""
+        return self(x, members, atoms=True, dropout=dropout)
 
     def td_atoms(self, x: torch.Tensor, aggregate, members: torch.Tensor | None = None) -> torch.Tensor:
         """Target atoms ``[B, K]``: with ``truncated_mean(drop=d)`` the pooled quantiles without the

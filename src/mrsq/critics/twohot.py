@@ -68,7 +68,7 @@ class TwoHotEnsembleCritic(EnsembleCritic):
     def atoms(self, x: torch.Tensor, members: torch.Tensor | None = None,
               dropout: bool | None = None) -> torch.Tensor:
         """One decoded value per member ``[N, B, 1]`` (the loss itself is :meth:`cross_entropy`)."""
-        return self.values(x, dropout, members)
+        return self(x, members) if dropout is None else self.values(x, dropout, members)
 
     def cross_entropy(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``logits [N, B, bins]``, ``target [B, 1]`` -> per-member, per-sample loss ``[N, B]``."""
