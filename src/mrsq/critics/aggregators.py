@@ -163,15 +163,19 @@ def draw_members(aggregate, num_members: int | None, device=None,
                  generator: torch.Generator | None = None) -> torch.Tensor | None:
     """The members a subset aggregator evaluates (``[k]``, drawn without replacement from
     ``generator``, default the global torch generator), or None for an aggregator that uses all
-    of them (no random numbers are drawn then)."""
+    of them (no random numbers are drawn then).
+
+    Drawn as the first k of the argsort of N uniforms rather than with ``randperm``: the same
+    distribution, and capturable in a CUDA graph (``randperm`` is not), where the compiled search
+    runs on GPUs."""
     k = getattr(aggregate, "subset", None)
     if k is None:
         return None
     if num_members is None or k > num_members:
         raise ValueError(f"{aggregate!r}: k={k} members to draw from a critic of {num_members} members")
     if generator is not None:
-        return torch.randperm(num_members, generator=generator)[:k].to(device)
-    return torch.randperm(num_members, device=device)[:k]
+        return torch.rand(num_members, generator=generator).argsort()[:k].to(device)
+    return torch.rand(num_members, device=device).argsort()[:k]
 
 
 @AGGREGATORS.register("first", spec=FirstSpec, help="member 0 alone (TD3's actor loss uses Q1)")
