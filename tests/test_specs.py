@@ -309,3 +309,13 @@ def test_min_of_k_larger_than_the_ensemble_is_rejected_at_validation():
     with pytest.raises(SpecError, match=r"aggregators.planner.k \(6\) exceeds critic.num_members \(5\)"):
         specs.load("mrsq", ["critic.num_members=5", "aggregators.planner=min_of_k", "aggregators.planner.k=6"])
     assert specs.load("mrsq", ["critic.num_members=5", "aggregators.target={type: min_of_k, k: 5}"])
+
+
+def test_set_with_another_component_type_replaces_the_mapping():
+    # the planner aggregator of mrsq_tqc_small is {type: truncated_mean, drop: 2}: a subset in its
+    # place keeps no `drop`; a mapping of the same type still merges field by field
+    spec = specs.load("mrsq_tqc_small", ["aggregators.planner={type: subset, k: 2}"])
+    assert spec.aggregators.planner.type == "subset" and spec.aggregators.planner.k == 2
+    spec = specs.load("mrsq_tqc_small", ["critic={num_quantiles: 7}"])
+    assert spec.critic.type == "quantile_ensemble" and spec.critic.num_quantiles == 7
+    assert spec.critic.hidden_dim == 128  # the preset's other critic fields are kept

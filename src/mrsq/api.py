@@ -170,4 +170,6 @@ class PlanningActor(nn.Module):
     def forward(self, observation: torch.Tensor) -> torch.Tensor:
         flat = observation.reshape(-1, observation.shape[-1]).detach().cpu().numpy()
         actions = np.stack([self.agent.act(o, explore=False) for o in flat])
-        return torch.as_tensor(actions, dtype=torch.float32).reshape(*observation.shape[:-1], -1)
+        # on the observation's device, as a TorchRL actor's output is expected to be
+        return torch.as_tensor(actions, dtype=torch.float32, device=observation.device).reshape(
+            *observation.shape[:-1], -1)

@@ -289,8 +289,11 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
             node[part] = nxt
             node = nxt
         last = path[-1]
-        if isinstance(value, dict) and isinstance(node.get(last), dict):
-            node[last] = deep_merge(node[last], value)
+        old = node.get(last)
+        # a mapping merges into the one it overrides, unless it names another component type
+        # (`--set aggregators.planner={type: subset, k: 2}` over a truncated_mean keeps no `drop`)
+        if isinstance(value, dict) and isinstance(old, dict) and value.get("type", old.get("type")) == old.get("type"):
+            node[last] = deep_merge(old, value)
         else:
             node[last] = value
     return data

@@ -81,7 +81,7 @@ def check_critic(name_or_spec, input_dim: int = 16, batch: int = BATCH):
 
 def _check_critic_methods(spec, critic, input_dim: int, batch: int) -> None:
     """atoms / members subset / aggregate / td_atoms / regression_loss, as the agents call them."""
-    from mrsq.critics.aggregators import build_aggregator
+    from mrsq.critics.aggregators import build_aggregator, evaluates_subsets
     from mrsq.registry import AGGREGATORS
 
     name, n = spec.type, spec.num_members
@@ -91,10 +91,12 @@ def _check_critic_methods(spec, critic, input_dim: int, batch: int) -> None:
         q = critic(x)
         atoms = critic.atoms(x)
         assert atoms.dim() == 3 and atoms.shape[:2] == (n, batch), f"{name}: atoms shape {tuple(atoms.shape)}"
-        members = torch.tensor([n - 1, 0]) if n > 1 else torch.tensor([0])
-        sub = critic(x, members)
-        assert sub.shape == (len(members), batch, 1), f"{name}: values of members {members.tolist()}: {tuple(sub.shape)}"
-        torch.testing.assert_close(sub, q[members], msg=f"{name}: members {members.tolist()} evaluated alone differ")
+        if evaluates_subsets(type(critic)):  # forward(x, members): the subset aggregator's contract
+            members = torch.tensor([n - 1, 0]) if n > 1 else torch.tensor([0])
+            sub = critic(x, members)
+            assert sub.shape == (len(members), batch, 1), \
+                f"{name}: values of members {members.tolist()}: {tuple(sub.shape)}"
+            torch.testing.assert_close(sub, q[members], msg=f"{name}: members {members.tolist()} evaluated alone differ")
         agg = build_aggregator(AGGREGATORS.spec("min")())
         torch.testing.assert_close(critic.aggregate(x, agg), q.float().amin(0), msg=f"{name}: aggregate(min)")
         target = critic.td_atoms(x, agg)

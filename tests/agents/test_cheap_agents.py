@@ -123,29 +123,41 @@ def test_tqc_value_target_is_the_truncated_atoms():
 
 
 # ------------------------------------------------------------------------------ a real run
+RESUME_CASES = {
+    # the distilled head (its optimiser in the checkpoint), a shared trunk, a TD-target subset draw
+    "distill_trunk_subset": ("mrsq_distill_small", [
+        "critic={type: shared_trunk, num_members: 3, hidden_dim: 32, shared_layers: 2}",
+        "aggregators.target={type: subset, k: 2}", "distill.head.hidden_dim=16"]),
+    # TQC's truncated target atoms, with a planner subset over the quantile critics' values
+    "tqc_plan_subset": ("mrsq_tqc_small", [
+        "critic={type: quantile_ensemble, num_members: 3, num_quantiles: 5, hidden_dim: 32}",
+        "aggregators.planner={type: subset, k: 2}"]),
+}
+
+
 @pytest.mark.slow
-def test_cheap_mechanisms_resume_bit_for_bit(tmp_path):
-    """The distilled head (its optimiser in the checkpoint), a shared trunk and a TD-target subset
-    draw (the global RNG) through a real Trainer run, killed mid-run and resumed: eval.csv equals
-    the uninterrupted run's, the planner-value columns included."""
+@pytest.mark.parametrize("case", sorted(RESUME_CASES))
+def test_cheap_mechanisms_resume_bit_for_bit(tmp_path, case):
+    """A real Trainer run of the mechanisms, killed mid-run (SIGKILL) and resumed: eval.csv and
+    train.csv equal the uninterrupted run's, the planner-value columns included."""
     from tests.training.test_resume import TINY as RESUME_TINY, eval_rows, run_cli, train_rows
     from mrsq.training.loop import Trainer
 
-    extra = ["critic={type: shared_trunk, num_members: 3, hidden_dim: 32, shared_layers: 2}",
-             "aggregators.target={type: subset, k: 2}", "distill.head.hidden_dim=16", *SMALL_PLANNER]
+    preset, extra = RESUME_CASES[case]
+    extra = [*extra, *SMALL_PLANNER]
     steps, env = 200, "gym:InvertedPendulum-v5"
     overrides = RESUME_TINY + extra + [f"train.env={env}", f"train.steps={steps}", "train.eval_every=100",
                                        "train.checkpoint_every=40"]
     reference = tmp_path / "reference"
     threads = torch.get_num_threads()
     try:
-        Trainer(specs.load("mrsq_distill_small", overrides), reference, progress=False).run()
+        Trainer(specs.load(preset, overrides), reference, progress=False).run()
     finally:
         torch.set_num_threads(threads)
     rows = eval_rows(reference / "eval.csv")
     assert rows[-1]["planner_value_bias"] not in ("", "nan")
     out = tmp_path / "cut"
-    args = ["train", "mrsq_distill_small", "--no-progress", "--out", str(out)]
+    args = ["train", preset, "--no-progress", "--out", str(out)]
     args += [a for o in overrides for a in ("--set", o)]
     killed = run_cli(args, tmp_path, failpoint="step:130")
     assert killed.returncode != 0

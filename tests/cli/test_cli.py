@@ -153,6 +153,11 @@ def test_user_plugin_via_import(mrsq_subprocess):
     assert critic["type"] == "my_critic" and critic["scale"] == 0.5
     assert critic["num_members"] == 2  # mrq's value carried over to the subclass spec
     assert "my_critic" not in registry.CRITICS  # the test process itself stays unpolluted
+    # a plug-in critic whose forward takes no `members` cannot serve a subset aggregator: said at show time
+    proc = mrsq_subprocess("show", "mrsq_small", "--import", "my_plugin", "--set", "critic.type=my_critic",
+                           "--set", "aggregators.planner={type: subset, k: 2}", plugins=True)
+    assert proc.returncode == 2
+    assert_one_line_error(proc.stderr, "aggregators.planner", "'my_critic'", "takes no `members`")
 
 
 # ---------------------------------------------------------------------------------- train (user errors)

@@ -83,6 +83,14 @@ class AgentSpec(Spec):
             k = getattr(agg, "k", None)
             if members is not None and k is not None and k > members:
                 raise ValueError(f"aggregators.{use}.k ({k}) exceeds critic.num_members ({members})")
+            if getattr(type(agg), "DRAWS_SUBSET", False) and critic is not None:
+                from mrsq.critics.aggregators import evaluates_subsets
+                from mrsq.registry import CRITICS
+
+                if not evaluates_subsets(CRITICS.get(critic.type)):
+                    raise ValueError(f"aggregators.{use}: {agg.type!r} evaluates only drawn members, but critic "
+                                     f"{critic.type!r}'s forward takes no `members` (evaluate all: min_of_k / "
+                                     f"mean_of_k)")
             if getattr(type(agg), "POOLS_ATOMS", False) and critic is not None and agg.drop >= atoms:
                 what = (f"critic.num_quantiles ({atoms})" if hasattr(critic, "num_quantiles")
                         else f"the 1 value per member of critic {critic.type!r} (a quantile_ensemble has more)")

@@ -159,6 +159,16 @@ def truncated_atoms(atoms: torch.Tensor, drop: int) -> torch.Tensor:
     return pooled.sort(dim=-1).values[:, : n * (m - drop)]
 
 
+def evaluates_subsets(critic_class) -> bool:
+    """Whether a critic class's ``forward`` takes ``members`` (evaluates a drawn subset alone)."""
+    import inspect
+
+    try:
+        return "members" in inspect.signature(critic_class.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def draw_members(aggregate, num_members: int | None, device=None,
                  generator: torch.Generator | None = None) -> torch.Tensor | None:
     """The members a subset aggregator evaluates (``[k]``, drawn without replacement from
