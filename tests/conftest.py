@@ -10,6 +10,9 @@ os.environ.setdefault("MUJOCO_GL", "disable")
 # cost a compilation. The tests of bf16 and of compilation set them explicitly.
 os.environ["MRSQ_PRECISION"] = "fp32"
 os.environ["MRSQ_COMPILE"] = "off"
+# and `train.device: auto` means the CPU: on a GPU machine the CPU tests (bit-for-bit resume,
+# runtime.device == "cpu") stay CPU tests; the CUDA tests ask for cuda explicitly
+os.environ["MRSQ_DEVICE"] = "cpu"
 
 import subprocess
 import sys

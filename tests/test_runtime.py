@@ -189,3 +189,15 @@ def test_model_error_is_not_swallowed():
 ])
 def test_is_compile_error(exc, expected):
     assert is_compile_error(exc) is expected
+
+
+def test_mrsq_device_pins_what_auto_means(monkeypatch):
+    from mrsq.training.loop import resolve_device
+
+    monkeypatch.setenv("MRSQ_DEVICE", "cpu")  # what the suite's conftest sets
+    assert resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setenv("MRSQ_DEVICE", "cuda")
+    assert resolve_device("auto") == torch.device("cuda")  # no CUDA needed to name the device
+    assert resolve_device("cpu") == torch.device("cpu")  # an explicit device always wins
+    monkeypatch.delenv("MRSQ_DEVICE")
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -12,8 +12,8 @@ ask the runtime rather than reading CPU flags or probing compilers themselves.
   (a C++ compiler on CPU; Triton on CUDA); ``on`` compiles regardless of detection; ``off`` never
   compiles. Compilation failures at run time fall back to eager with one warning
   (:mod:`mrsq.compile`).
-* The environment variables ``MRSQ_PRECISION`` (fp32 | bf16) and ``MRSQ_COMPILE`` (on | off)
-  say what ``auto`` means for one process (the test suite pins them, so its hand-computed values
+* The environment variables ``MRSQ_PRECISION`` (fp32 | bf16) and ``MRSQ_COMPILE`` (on | off),
+  and ``MRSQ_DEVICE`` (cpu | cuda) for ``train.device: auto``, say what ``auto`` means for one process (the test suite pins them, so its hand-computed values
   do not depend on the CPU it lands on); a value set explicitly in a spec always wins.
 * On CUDA, compiled functions use ``mode="reduce-overhead"`` (CUDA graphs: one graph replay per
   call, no per-kernel launch cost); on CPU the default Inductor mode (fused elementwise C++

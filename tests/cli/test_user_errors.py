@@ -39,6 +39,7 @@ SPEC_ERRORS = [
      ["aggregators.target.drop (1) drops every atom", "1 value per member"]),
     (["--set", "distill={head: {type: ensemble, num_members: 2}}"], ["distill", "num_members is 2"]),
     (["--set", "planner=policy", "--set", "distill={}"], ["distill", "planner 'policy' never scores"]),
+    (["--set", "distill={aggregator: {type: truncated_mean, drop: 1}}"], ["distill.aggregator.drop (1) drops every atom"]),
 ]
 
 

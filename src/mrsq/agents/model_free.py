@@ -124,9 +124,6 @@ class ModelFreeAgent(Agent):
         self._critic_optim = _Joint([self.critic_optim] + ([self.encoder_optim] if self.encoder is not None else []))
         self._critic_params = critic_params + (list(self.encoder.parameters()) if self.encoder is not None else [])
         self.critic_updates = 0
-        # the diagnostics' member draws come from their own generator, reseeded from the training
-        # step at each use: evaluations never move training's RNG, and a resumed run draws the same
-        self._diagnostic_generator = torch.Generator()
         r = self.runtime
         self.compiled_critic_loss = Compiled(self.critic_loss_terms, r, "critic loss")
         self.compiled_policy_loss = Compiled(self.policy_loss_terms, r, "policy loss")
@@ -170,10 +167,11 @@ class ModelFreeAgent(Agent):
         obs, action = obs.to(self.device, torch.float32), action.to(self.device, torch.float32)
         features = self.features(obs)
         q = self.q_values(features, action)
-        self._diagnostic_generator.manual_seed(self.spec.train.seed * 1_000_003 + self.training_steps)
-        members = draw_members(self.target_aggregate, getattr(self.critic, "num_members", None), self.device,
-                               self._diagnostic_generator)
-        value = self.q_aggregate(features, action, self.target_aggregate, members)
+        agg = self.target_aggregate
+        if agg.subset is None and not agg.pools_atoms:
+            value = agg(q)  # the values just computed
+        else:
+            value = self.q_aggregate(features, action, agg, self.draw(agg))
         return value[:, 0], q.std(0)[:, 0] if q.shape[0] > 1 else torch.zeros_like(q[0, :, 0])
 
     # ------------------------------------------------------------------------------ training

@@ -93,9 +93,15 @@ class MRQSpec(AgentSpec):
 
     @model_validator(mode="after")
     def _distill_needs_a_search(self):
-        if self.distill is not None and self.planner.type == "policy":
+        if self.distill is None:
+            return self
+        if self.planner.type == "policy":
             raise ValueError("distill: the distilled head is the planner's terminal value, and planner 'policy' "
                              "never scores anything; use a search planner (mppi, cem, ...) or drop distill")
+        agg, atoms = self.distill.aggregator, getattr(self.critic, "num_quantiles", 1)
+        if getattr(type(agg), "POOLS_ATOMS", False) and agg.drop >= atoms:
+            raise ValueError(f"distill.aggregator.drop ({agg.drop}) drops every atom: it must be below the "
+                             f"critic's {atoms} atom(s) per member")
         return self
 
 
@@ -143,9 +149,6 @@ class _PlanningView:
     @property
     def episodic(self) -> bool:
         return self.agent.env_terminates
-
-    def encode(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.nets.encoder.zs(obs.to(self.dtype))
 
     def step(self, z, a):
         done, next_z, reward_logits = self.nets.encoder.model_all(z, a.to(self.dtype))
@@ -217,9 +220,6 @@ class MRQ(Agent):
             self.MODULES = (*type(self).MODULES, "distill_head")
             self.OPTIMIZERS = (*type(self).OPTIMIZERS, "distill_optim")
             self.METRICS = (*type(self).METRICS, "distill/loss")
-        # the diagnostics' member draws come from their own generator, reseeded from the training
-        # step at each use: evaluations never move training's RNG, and a resumed run draws the same
-        self._diagnostic_generator = torch.Generator()
 
         h = spec.value_horizon
         self.register_buffer("gammas", spec.discount ** torch.arange(h, dtype=torch.float32), persistent=False)
@@ -305,8 +305,12 @@ class MRQ(Agent):
         zsa = self.encoder.zsa(self.encoder.zs(obs), action)
         q = self.critic(zsa).float()  # [N, T, 1]
         scale = self.scales[0]
-        agg = self.critic.aggregate(zsa, self.target_aggregate, self._diagnostic_members(self.target_aggregate))
-        return (agg * scale)[:, 0], (q.std(0) * scale)[:, 0]
+        agg = self.target_aggregate
+        if agg.subset is None and not agg.pools_atoms:
+            value = agg(q)  # the values just computed (one forward, one dropout mask if any)
+        else:
+            value = self.critic.aggregate(zsa, agg, draw_members(agg, self.num_members, self.device))
+        return (value * scale)[:, 0], (q.std(0) * scale)[:, 0]
 
     @torch.no_grad()
     def planner_value_estimate(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
@@ -318,13 +322,9 @@ class MRQ(Agent):
         if self.distill_head is not None:
             value = self.distill_head(zsa)[0].float()
         else:
-            members = self._diagnostic_members(self.planner_aggregate)
+            members = draw_members(self.planner_aggregate, self.num_members, self.device)
             value = self.critic.aggregate(zsa, self.planner_aggregate, members)
         return (value * self.scales[0])[:, 0]
-
-    def _diagnostic_members(self, aggregate) -> torch.Tensor | None:
-        self._diagnostic_generator.manual_seed(self.spec.train.seed * 1_000_003 + self.training_steps)
-        return draw_members(aggregate, self.num_members, self.device, self._diagnostic_generator)
 
     # ------------------------------------------------------------------------------ training
     def update(self, replay) -> dict[str, torch.Tensor]:
@@ -434,7 +434,8 @@ class MRQ(Agent):
         the steps BEFORE t (the terminal reward counts, nothing after it does).
         """
         noise = self.target_noise(batch.reward.shape[0]) if noise is None else noise
-        return self._value_target(batch.reward, batch.terminated, batch.next_obs[:, -1], noise)
+        members = draw_members(self.target_aggregate, self.num_members, self.gammas.device)
+        return self._value_target(batch.reward, batch.terminated, batch.next_obs[:, -1], noise, members)
 
     def _value_target(self, reward, terminated, last_next_obs, noise, members=None) -> torch.Tensor:
         """``[B, K]``: one target value (K = 1), or a quantile critic's target atoms."""
@@ -453,6 +454,8 @@ class MRQ(Agent):
         """The critic's regression loss of every member against the shared target (MR.Q: Huber).
         Returns (loss, q, target, zs)."""
         noise = self.target_noise(batch.reward.shape[0]) if noise is None else noise
+        if members is None:
+            members = draw_members(self.target_aggregate, self.num_members, self.gammas.device)
         return self.critic_loss_terms(batch.obs[:, 0], batch.action[:, 0], batch.reward,
                                       batch.terminated, batch.next_obs[:, -1], noise, members)[:4]
 

@@ -122,11 +122,13 @@ def ensemble_mean_of_k(values: torch.Tensor, k: int = 2, generator: torch.Genera
 
 
 def _draw_k(values: torch.Tensor, k: int, generator: torch.Generator | None, name: str) -> torch.Tensor:
-    """``k`` members of ``values [N, ...]`` drawn without replacement -> ``[k, ...]``."""
+    """``k`` members of ``values [N, ...]`` drawn without replacement -> ``[k, ...]``: the first k
+    of the argsort of N uniforms (``randperm``'s distribution, but capturable in a CUDA graph,
+    where TD-MPC2's planner calls this inside the compiled search)."""
     n = values.shape[0]
     if k > n:
         raise ValueError(f"{name}: k={k} exceeds the ensemble size {n}")
-    idx = torch.randperm(n, generator=generator, device=values.device)[:k]
+    idx = torch.rand(n, generator=generator, device=values.device).argsort()[:k]
     return values.index_select(0, idx)
 
 

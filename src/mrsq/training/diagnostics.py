@@ -113,9 +113,15 @@ class ValueErrorRecorder:
         if n > 0:
             g = discounted_returns(np.asarray(self._rewards), self.gamma)[:n]
             obs, actions = torch.as_tensor(np.stack(self._obs[:n])), torch.as_tensor(np.stack(self._actions[:n]))
-            q, std = self.agent.value_estimate(obs, actions)
-            if self.planner_values:
-                self.pq.append(self.agent.planner_value_estimate(obs, actions).cpu().double().numpy())
+            # The estimates may draw random numbers (a min_of_k or subset aggregator, a critic's
+            # dropout): they come from a fork of the generators, so evaluating never moves
+            # training's random stream, and a resumed run draws what the uninterrupted one drew.
+            device = getattr(self.agent, "device", torch.device("cpu"))
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                q, std = self.agent.value_estimate(obs, actions)
+                pq = self.agent.planner_value_estimate(obs, actions) if self.planner_values else None
+            if pq is not None:
+                self.pq.append(pq.cpu().double().numpy())
             self.q.append(q.cpu().double().numpy())
             self.std.append(std.cpu().double().numpy())
             self.g.append(g)

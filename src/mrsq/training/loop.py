@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import signal
 import sys
@@ -86,7 +87,13 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``train.device``: ``auto`` is CUDA when available, unless the environment variable
+    ``MRSQ_DEVICE`` (cpu | cuda) pins what ``auto`` means for this process (the test suite pins
+    the CPU, so its CPU tests stay CPU tests on a GPU machine); an explicit device always wins."""
     if name == "auto":
+        pinned = os.environ.get("MRSQ_DEVICE", "")
+        if pinned in ("cpu", "cuda"):
+            return torch.device(pinned)
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
