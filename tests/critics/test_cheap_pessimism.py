@@ -100,7 +100,7 @@ def test_subset_draws_once_per_planning_call_and_once_per_update_batch(monkeypat
         "aggregators.planner={type: subset, k: 2}", "aggregators.target={type: subset, k: 3}",
         "encoder.zs_dim=16", "encoder.za_dim=8", "encoder.zsa_dim=16", "encoder.hidden_dim=16",
         "critic.hidden_dim=16", "policy.hidden_dim=16", "planner.num_samples=16", "planner.num_elites=4",
-        "planner.num_policy_trajectories=2", "planner.iterations=3", "batch_size=8", "target_update_every=1000"])
+        "planner.num_policy_trajectories=2", "planner.iterations=3", "batch_size=8", "target_update_every=5"])
     env = PointEnv(dim=2, max_episode_steps=20, seed=0)
     agent = MRQ(spec, env.obs_dim, env.action_dim)
     draws = []
