@@ -150,6 +150,7 @@ def time_paired(fn: Callable[[], object], iters: int, repeats: int, device: torc
 def _setup(args, warm_steps: int = 5_000, extra_overrides: tuple[str, ...] = ()):
     from mrsq import specs
     from mrsq.envs import make_env
+    from mrsq.envs.base import fill_with_random_actions
     from mrsq.replay import LAPReplay
     from mrsq.runtime import replay_device, resolve
     from mrsq.training.loop import build_agent, resolve_device
@@ -167,13 +168,7 @@ def _setup(args, warm_steps: int = 5_000, extra_overrides: tuple[str, ...] = ())
     replay = LAPReplay(env.obs_dim, env.action_dim, capacity=capacity,
                        horizon=agent.replay_horizon, seed=0,
                        device=replay_device(device, LAPReplay.storage_bytes(env.obs_dim, env.action_dim, capacity)))
-    rng = np.random.default_rng(0)
-    obs = env.reset()
-    for _ in range(warm_steps):
-        a = rng.uniform(-1, 1, env.action_dim).astype(np.float32)
-        nxt, r, term, trunc = env.step(a)
-        replay.add(obs, a, r, nxt, term, trunc)
-        obs = env.reset() if term or trunc else nxt
+    obs = fill_with_random_actions(env, replay, warm_steps)
     agent.prepare(replay)
     return spec, env, agent, replay, obs, runtime
 

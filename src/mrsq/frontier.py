@@ -29,6 +29,7 @@ import torch
 import yaml
 
 from mrsq.compare import auc
+from mrsq.plot import save_figure
 from mrsq.runs import Run, RunFolderError, common_steps, group, load_runs
 
 VALUE_NAMES = ("value_bias", "overestimation_frac", "value_error_pct", "planner_value_bias")
@@ -60,6 +61,7 @@ def step_cost(spec, warm_steps: int = 600) -> Cost:
 
     from mrsq.compile import eager
     from mrsq.envs import make_env
+    from mrsq.envs.base import fill_with_random_actions
     from mrsq.replay import LAPReplay
     from mrsq.runtime import resolve
     from mrsq.training.loop import build_agent
@@ -69,13 +71,7 @@ def step_cost(spec, warm_steps: int = 600) -> Cost:
     torch.manual_seed(0)
     agent = build_agent(spec, env, torch.device("cpu"), resolve("fp32", "off", "cpu"))
     replay = LAPReplay(env.obs_dim, env.action_dim, capacity=warm_steps + 100, horizon=agent.replay_horizon, seed=0)
-    rng = np.random.default_rng(0)
-    obs = env.reset()
-    for _ in range(warm_steps):
-        a = rng.uniform(-1, 1, env.action_dim).astype(np.float32)
-        nxt, r, term, trunc = env.step(a)
-        replay.add(obs, a, r, nxt, term, trunc)
-        obs = env.reset() if term or trunc else nxt
+    obs = fill_with_random_actions(env, replay, warm_steps)
     agent.prepare(replay)
     agent.update(replay)  # the first update: MR.Q's burst; counted apart below
     root = _Root(agent)
@@ -202,8 +198,4 @@ def plot(result: dict, out: Path) -> Path:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

@@ -39,6 +39,13 @@ def plot_runs(paths: list[Path], out: Path, title: str = "", labels: list[str] |
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    return save_figure(fig, out)
+
+
+def save_figure(fig, out: Path) -> Path:
+    """Write ``fig`` to ``out`` (its folder created), close it, return the path."""
+    import matplotlib.pyplot as plt
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 import mrsq.components  # noqa: F401  (a user's test file may import only this module: register the built-ins)
-from mrsq.envs.base import Env
+from mrsq.envs.base import Env, fill_with_random_actions
 from mrsq.registry import AGENTS, CRITICS, ENCODERS, ENVS, POLICIES
 
 OBS_DIM, ACTION_DIM, BATCH = 7, 3, 5
@@ -166,13 +166,8 @@ def check_agent(name_or_spec, steps: int = 40, overrides: tuple[str, ...] = ()):
         assert agent.acting_view() is None, f"{name}: a model-free agent has no planning view"
     replay = LAPReplay(env.obs_dim, env.action_dim, capacity=steps + 64, horizon=horizon, seed=0,
                        prioritized=spec.replay.prioritized)
-    rng = np.random.default_rng(0)
-    obs = env.reset()
-    for _ in range(32):  # a little random data first, so every window length can be sampled
-        a = rng.uniform(-1, 1, env.action_dim).astype(np.float32)
-        nxt, r, term, trunc = env.step(a)
-        replay.add(obs, a, r, nxt, term, trunc)
-        obs = env.reset() if term or trunc else nxt
+    # a little random data first, so every window length can be sampled
+    obs = fill_with_random_actions(env, replay, 32)
     before = {k: v.detach().clone() for k, v in agent.state_dict().items()}
     first = True
     for _ in range(steps):

@@ -109,6 +109,20 @@ def replay_episode(env: Env, rng_state: dict, actions) -> np.ndarray:
     return obs
 
 
+def fill_with_random_actions(env: Env, replay, steps: int, seed: int = 0) -> np.ndarray:
+    """``steps`` transitions of uniform random actions (numpy generator ``seed``) added to
+    ``replay``, resetting at episode ends; returns the observation to act from next. The warm-up
+    data of benches, FLOP counts and contract checks."""
+    rng = np.random.default_rng(seed)
+    obs = env.reset()
+    for _ in range(steps):
+        a = rng.uniform(-1, 1, env.action_dim).astype(np.float32)
+        nxt, r, term, trunc = env.step(a)
+        replay.add(obs, a, r, nxt, term, trunc)
+        obs = env.reset() if term or trunc else nxt
+    return obs
+
+
 def parse_env_id(env_id: str) -> tuple[str, str]:
     """Split ``'gym:HalfCheetah-v5'`` into ``('gym', 'HalfCheetah-v5')``.
 
