@@ -40,8 +40,8 @@ def make(preset: str = "mrsq_small", *, precision: str = "fp32", compile: bool =
     return spec, env, build_agent(spec, env, torch.device("cpu"), runtime)
 
 
-def filled_replay(env, steps: int = 300, seed: int = 0) -> LAPReplay:
-    replay = LAPReplay(env.obs_dim, env.action_dim, capacity=1_000, horizon=5, seed=seed)
+def filled_replay(env, steps: int = 300, seed: int = 0, device: str = "cpu") -> LAPReplay:
+    replay = LAPReplay(env.obs_dim, env.action_dim, capacity=1_000, horizon=5, seed=seed, device=device)
     rng, obs = np.random.default_rng(seed), env.reset()
     for _ in range(steps):
         a = rng.uniform(-1, 1, env.action_dim).astype(np.float32)
@@ -181,23 +181,29 @@ def test_bf16_and_compiled_planning_match_fp32_eager_within_one_percent(tmp_path
 
 # ---------------------------------------------------------------------------------- CUDA
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_planning_and_updates_make_no_host_sync():
-    spec = specs.load("mrsq_small", [*TINY, *SEARCH, f"train.env={ENV}", "train.device=cuda"])
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_cuda_act_update_and_priorities_make_no_host_sync(compile):
+    """After warm-up (a compiled function's first calls synchronise by design: compiling, CUDA-
+    graph warm-up and recording), acting (up to the action's copy back), updates with an encoder
+    burst and a target refresh, the replay's mirror, draw, gather and priority update make no
+    host synchronisation."""
+    from mrsq.runtime import resolve
+
+    spec = specs.load("mrsq_small", [*TINY[:-1], *SEARCH, f"train.env={ENV}", "train.device=cuda"])
     env = make_env(ENV, 0)
-    agent = build_agent(spec, env, torch.device("cuda"), Runtime(device="cuda", precision="bf16", compile=False))
-    replay = filled_replay(env)
-    agent.update_targets(replay.reward_scale())
-    obs = torch.as_tensor(env.reset(), device="cuda")
-    batch, enc_batch = replay.sample(8, horizon=3).to("cuda"), replay.sample(8).to("cuda")
-    zs, _, _ = agent.critic_step(batch)  # warm-up (lazy init)
-    agent.planner.plan(agent.acting_view(), obs, first=True, explore=False)
+    agent = build_agent(spec, env, torch.device("cuda"), resolve("bf16", "on" if compile else "off", "cuda"))
+    replay = filled_replay(env, device="cuda")
+    obs = env.reset()
+    for i in range(6):  # warm-up: 6 updates (a burst every 4), plans first and not
+        agent.update(replay)
+        agent.act_on_device(obs, explore=True, first=i == 0)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        agent.planner.plan(agent.acting_view(), obs, first=False, explore=False)
-        zs, _, _ = agent.critic_step(batch)
-        agent.policy_step(zs)
-        agent.encoder_step(enc_batch)
+        for _ in range(10):
+            agent.act_on_device(obs, explore=True)
+            replay.add(obs, np.zeros(env.action_dim, np.float32), 0.0, obs, False, False)
+            agent.update(replay)  # sample, losses, optimisers, update_priority; a burst at 8
     finally:
         torch.cuda.set_sync_debug_mode(0)
 

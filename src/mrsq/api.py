@@ -168,8 +168,8 @@ class PlanningActor(nn.Module):
 
     @torch.no_grad()
     def forward(self, observation: torch.Tensor) -> torch.Tensor:
-        flat = observation.reshape(-1, observation.shape[-1]).detach().cpu().numpy()
-        actions = np.stack([self.agent.act(o, explore=False) for o in flat])
-        # on the observation's device, as a TorchRL actor's output is expected to be
-        return torch.as_tensor(actions, dtype=torch.float32, device=observation.device).reshape(
-            *observation.shape[:-1], -1)
+        flat = observation.reshape(-1, observation.shape[-1]).detach().to(self.agent.device, torch.float32)
+        actions = torch.stack([self.agent.act_on_device(o, explore=False) for o in flat])
+        # on the observation's device, as a TorchRL actor's output is expected to be (no host
+        # round trip when the agent is there too)
+        return actions.to(observation.device).reshape(*observation.shape[:-1], -1)

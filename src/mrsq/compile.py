@@ -39,17 +39,22 @@ class Compiled:
 
     def __init__(self, fn: Callable[..., Any], runtime: Runtime | None, name: str,
                  cuda_graphs: bool = False) -> None:
+        """``cuda_graphs``: the function may run as a CUDA graph on the CUDA branch
+        (``runtime.compile_scope == "search"``); its tensor outputs are then cloned on return
+        (a replayed graph overwrites its outputs, and callers keep losses, metrics and latents
+        across calls), and ``reduce-overhead`` is used where the runtime has CUDA graphs."""
         self.fn, self.name = fn, name
+        self.clone_outputs = False
         self.compile_seconds = 0.0
         self.failed: str | None = None
         self._calls = 0
         self._compiled = None
         if runtime is not None and runtime.compile:
             backend = os.environ.get("MRSQ_COMPILE_BACKEND", "inductor")
-            # CUDA graphs only where the caller copies the outputs out before the next call (the
-            # planner's search): replayed graphs overwrite their outputs, and the update keeps
-            # metrics and zs across calls
-            use_mode = runtime.compile_mode and backend == "inductor" and cuda_graphs
+            # CUDA graphs only where asked: replayed graphs overwrite their outputs, so those are
+            # cloned (one small copy each) before anyone keeps them
+            self.clone_outputs = cuda_graphs and runtime.compile_scope == "search"
+            use_mode = runtime.compile_mode and backend == "inductor" and cuda_graphs and runtime.cuda_graphs
             kwargs = {"mode": runtime.compile_mode} if use_mode else {}
             self._compiled = torch.compile(fn, dynamic=False, fullgraph=False, backend=backend, **kwargs)
         _REGISTRY.add(self)
@@ -72,7 +77,7 @@ class Compiled:
         if not self._calls:  # the first successful call includes the compilation
             self.compile_seconds += time.perf_counter() - start
         self._calls += 1
-        return out
+        return _clone_tensors(out) if self.clone_outputs else out
 
     def fall_back(self, exc: BaseException) -> bool:
         """Switch to eager after a compilation failure ``exc``; False if ``exc`` is not one."""
@@ -83,6 +88,23 @@ class Compiled:
         warnings.warn(f"torch.compile failed for {self.name}, running it eager ({self.failed[:200]})",
                       CompileFallbackWarning, stacklevel=3)
         return True
+
+
+def _clone_tensors(out: Any) -> Any:
+    """``out`` with every tensor in it (a tensor, or a tuple / list of them) cloned; a clone is
+    differentiable, so a loss cloned out of a graph still backpropagates through it."""
+    if isinstance(out, torch.Tensor):
+        return out.clone()
+    if isinstance(out, (tuple, list)):
+        return type(out)(_clone_tensors(o) for o in out)
+    return out
+
+
+def mark_step(runtime: Runtime | None) -> None:
+    """Tell CUDA-graph trees a new iteration starts (before each update and each plan), so the
+    graphs of the last one may reuse their memory; a no-op without CUDA graphs."""
+    if runtime is not None and runtime.cuda_graphs:
+        torch.compiler.cudagraph_mark_step_begin()
 
 
 _EAGER = [False]

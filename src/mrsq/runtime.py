@@ -16,8 +16,15 @@ ask the runtime rather than reading CPU flags or probing compilers themselves.
   and ``MRSQ_DEVICE`` (cpu | cuda) for ``train.device: auto``, say what ``auto`` means for one process (the test suite pins them, so its hand-computed values
   do not depend on the CPU it lands on); a value set explicitly in a spec always wins.
 * On CUDA, compiled functions use ``mode="reduce-overhead"`` (CUDA graphs: one graph replay per
-  call, no per-kernel launch cost); on CPU the default Inductor mode (fused elementwise C++
-  kernels around the MKL matmuls).
+  call, no per-kernel launch cost) and the planner compiles its whole search (``compile_scope
+  "search"``: one graph per action); on CPU the default Inductor mode (fused elementwise C++
+  kernels around the MKL matmuls) and only the trajectory scoring (``"scoring"``: the loop around
+  it is cheap there). ``MRSQ_CUDA_GRAPHS=off`` keeps the CUDA compile but without graphs (to tell a
+  CUDA-graph problem from a compile one).
+* The *CUDA branch* (whole-search compile, cloned outputs) is a property of the Runtime, not of
+  the device, so the CPU can run it: :func:`cuda_branch` gives a CPU runtime that takes every
+  CUDA code path except the graphs themselves (tests named ``cuda_branch`` use it; the dynamo
+  graph they check is the one a GPU compiles).
 """
 
 from __future__ import annotations
@@ -110,6 +117,11 @@ class Runtime:
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
     compile_mode: str | None = None  # torch.compile mode ("reduce-overhead" on CUDA)
+    # what a planner compiles: "scoring" (the trajectory scorer, CPU) or "search" (the whole
+    # search as one graph, CUDA); and whether compiled update losses and the search run as CUDA
+    # graphs (their outputs are then cloned before anything keeps them)
+    compile_scope: Literal["scoring", "search"] = "scoring"
+    cuda_graphs: bool = False
     threads: int = field(default_factory=torch.get_num_threads)
     device_name: str = ""
     requested: dict = field(default_factory=dict)  # the spec's values, e.g. {"precision": "auto"}
@@ -130,7 +142,7 @@ class Runtime:
 
     def summary(self) -> str:
         """One line for the start of a run and the top of every bench."""
-        comp = f"on ({self.compile_mode or 'default'})" if self.compile else "off"
+        comp = f"on ({self.compile_mode or 'default'}, {self.compile_scope})" if self.compile else "off"
         return (f"runtime: {self.device} ({self.device_name}), {self.threads} threads, "
                 f"precision {self.precision} [{self.reasons.get('precision', '')}], "
                 f"compile {comp} [{self.reasons.get('compile', '')}]")
@@ -162,11 +174,40 @@ def resolve(precision: Precision = "auto", compile: CompileChoice = "auto",
         comp, cwhy = ok, f"auto: {tool}" if ok else f"auto: eager, {tool}"
     else:
         comp, cwhy = compile == "on", "set in the spec"
-    mode = "reduce-overhead" if comp and device.type == "cuda" else None
-    return Runtime(device=str(device), precision=chosen, compile=comp, compile_mode=mode,
+    cuda = comp and device.type == "cuda"
+    graphs = cuda and os.environ.get("MRSQ_CUDA_GRAPHS", "on") != "off"
+    if cuda:
+        cwhy += ", CUDA graphs" if graphs else ", no CUDA graphs (MRSQ_CUDA_GRAPHS=off)"
+    return Runtime(device=str(device), precision=chosen, compile=comp,
+                   compile_mode="reduce-overhead" if graphs else None,
+                   compile_scope="search" if cuda else "scoring", cuda_graphs=graphs,
                    threads=torch.get_num_threads(), device_name=device_name(device),
                    requested={"precision": precision, "compile": compile},
                    reasons={"precision": why, "compile": cwhy})
+
+
+def to_device(x, device: torch.device) -> torch.Tensor:
+    """A host array or tensor as float32 on ``device``. To a GPU it goes through pinned memory
+    with ``non_blocking=True``: a copy from pageable memory would make the host wait (the driver
+    stages it synchronously), and pinned blocks come from PyTorch's caching host allocator, which
+    keeps a block until its copy has finished, so reusing it is safe. On the CPU: no copy at all
+    for a float32 numpy array."""
+    t = torch.as_tensor(x, dtype=torch.float32)
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def cuda_branch(precision: Literal["fp32", "bf16"] = "fp32") -> Runtime:
+    """A CPU runtime on the CUDA code path: the planner compiles its whole search, compiled
+    functions clone their outputs, in Inductor's default mode (CUDA graphs need a GPU). What the
+    ``cuda_branch`` tests run, so that the graph dynamo traces for a GPU is traced, and checked
+    for breaks and recompiles, on every CPU."""
+    ok, tool = compiler_available("cpu")
+    return Runtime(device="cpu", precision=precision, compile=True, compile_mode=None, compile_scope="search",
+                   cuda_graphs=False, threads=torch.get_num_threads(), device_name=device_name(torch.device("cpu")),
+                   requested={"precision": precision, "compile": "on"},
+                   reasons={"precision": "set", "compile": f"cuda branch on the CPU ({tool})"})
 
 
 def replay_device(device: torch.device | str, nbytes: int, fraction: float = 0.5) -> torch.device:

@@ -243,9 +243,13 @@ def test_eval_checkpoint_whose_weights_do_not_match(mrsq_main, tmp_path):
 
 # ---------------------------------------------------------------------------------- training (slow)
 @pytest.mark.slow
-def test_train_then_eval_subprocess(mrsq_subprocess, tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_train_then_eval_subprocess(mrsq_subprocess, tmp_path, device):
+    """The same run on the CPU (pinned: `train.device=cpu`, so a GPU machine runs the CPU test)
+    and, where there is one, on CUDA."""
     out_dir = tmp_path / "run"
-    proc = mrsq_subprocess(*TRAIN_ARGS, "--steps", "300", "--eval-every", "150",
+    proc = mrsq_subprocess(*TRAIN_ARGS, "--steps", "300", "--eval-every", "150", "--set", f"train.device={device}",
                            "--set", "train.log_every=100", "--out", out_dir, timeout=900)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -256,17 +260,17 @@ def test_train_then_eval_subprocess(mrsq_subprocess, tmp_path):
     run = json.loads((out_dir / "run.json").read_text())
     assert run["runtime"]["requested"] == {"precision": "auto", "compile": "auto"}
     assert run["runtime"]["precision"] == "fp32" and run["runtime"]["compile"] is False
-    assert run["runtime"]["device"] == "cpu" and run["runtime"]["device_name"] and run["runtime"]["torch"]
+    assert run["runtime"]["device"] == device and run["runtime"]["device_name"] and run["runtime"]["torch"]
     assert run["preset"] == "mrq_small"  # the label `mrsq plot` and `mrsq compare` use
     assert run["status"] == "done" and run["step"] == run["steps"] == 300
-    assert "mrsq: runtime: cpu" in proc.stderr and "precision fp32" in proc.stderr
+    assert f"mrsq: runtime: {device}" in proc.stderr and "precision fp32" in proc.stderr
 
     spec = specs.from_yaml((out_dir / "spec.yaml").read_text())
     assert spec.precision == "auto" and spec.compile == "auto"
     assert spec == specs.load("mrq_small", ["warmup_steps=100", "target_update_every=50", "train.threads=1",
                                             "train.log_every=100", "train.env=dmc:cartpole-swingup",
                                             "train.steps=300", "train.eval_every=150",
-                                            "train.eval_episodes=1"])
+                                            "train.eval_episodes=1", f"train.device={device}"])
     assert spec.train.env == "dmc:cartpole-swingup" and spec.train.seed == 0 and spec.train.steps == 300
 
     header, rows = read_csv(out_dir / "eval.csv")

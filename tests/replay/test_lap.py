@@ -392,3 +392,32 @@ def test_device_mirror_path_samples_exactly_like_host_storage():
     restored = make_buffer(capacity=23, seed=0, _mirror=True)
     restored.load_state_dict(mirror.state_dict())
     assert torch.equal(restored.sample(8).obs, mirror.sample(8).obs)
+
+
+@pytest.mark.parametrize("capacity", [11, 23, 1000], ids=["wraps-often", "wraps", "no-wrap"])
+def test_valid_start_count_is_kept_by_add_not_scanned(capacity):
+    """The running count of valid starts (what sampling checks instead of scanning the flags)
+    equals the flags' count after every add: wrap-around, terminations (tail validation over
+    slots that may already be valid), truncations, episodes shorter than H, and restores."""
+    buffer = make_buffer(capacity=capacity, horizon=5)
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        terminated = rng.random() < 0.06
+        truncated = not terminated and rng.random() < 0.04
+        buffer.add(rng.normal(size=OBS_DIM), rng.uniform(-1, 1, ACTION_DIM), 1.0, rng.normal(size=OBS_DIM),
+                   terminated, truncated)
+        assert buffer.num_valid == int(np.count_nonzero(buffer._valid[: buffer.size]))
+    for state, arrays in ((buffer.state_dict(), True), (buffer.bookkeeping_state(), False)):
+        restored = make_buffer(capacity=capacity, horizon=5)
+        if not arrays:  # the bookkeeping form restores flags only; rows come from the store
+            restored.load_state_dict(state, arrays=False)
+        else:
+            restored.load_state_dict(state)
+        assert restored.num_valid == buffer.num_valid
+
+
+def test_batch_to_its_own_device_is_the_batch_itself():
+    buffer = make_buffer(capacity=50)
+    Recorder(buffer).add_episode(20, "open")
+    batch = buffer.sample(4)
+    assert batch.to("cpu") is batch and batch.to(torch.device("cpu")) is batch

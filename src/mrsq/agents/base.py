@@ -34,7 +34,7 @@ from torch import nn
 
 from mrsq import runtime as rt
 from mrsq.agents.spec import AggregatorChoice, ReplaySpec, TrainSpec
-from mrsq.compile import Compiled
+from mrsq.compile import Compiled, mark_step
 from mrsq.registry import PLANNERS
 from mrsq.specs import Spec, component
 
@@ -217,25 +217,36 @@ class Agent(nn.Module):
             action = action + torch.randn_like(action) * self.exploration_noise
         return action
 
-    @torch.no_grad()
     def act(self, obs: np.ndarray, explore: bool = True, first: bool = False) -> np.ndarray:
-        """One observation -> one action in [-1, 1] (exploration only when ``explore``)."""
-        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device).reshape(1, -1)
+        """One observation -> one action in [-1, 1] (exploration only when ``explore``). The one
+        host synchronisation of acting is here: the environment needs the action."""
+        return self.act_on_device(obs, explore, first).cpu().numpy()
+
+    @torch.no_grad()
+    def act_on_device(self, obs, explore: bool = True, first: bool = False) -> torch.Tensor:
+        """:meth:`act` without the copy back: ``[A]`` on the agent's device, no host sync."""
+        obs_t = rt.to_device(obs, self.device).reshape(1, -1)
         view = self.acting_view()
         i = int(explore)
         if view is None:  # model-free: no search, so the divergence is exactly 0 (only counted)
             action = self.policy_action(obs_t, explore).float()
         else:
+            self.planner.last_reference = None
             action = self.planner.plan(view, obs_t, first=first, explore=explore).float()
             # Policy-vs-search divergence (the paper's Figure 4): the planner's action against
             # the agent's deterministic pi(s) from the same acting networks, before exploration
-            # noise (for MR.Q's `policy` planner the same forward twice, so exactly 0; a stochastic
-            # policy that samples while training differs from its mean). Accumulated on the device.
-            self.divergence_sums[i] += (action - self.reference_action(view, obs_t)).square().mean()
+            # noise (for MR.Q's `policy` planner the same action, so exactly 0; a stochastic policy
+            # that samples while training differs from its mean). The planner hands back pi(z0)
+            # of its own encoding (no second forward); a user's planner that does not gets it here.
+            # Accumulated on the device.
+            reference = self.planner.last_reference
+            if reference is None:
+                reference = self.reference_action(view, obs_t)
+            self.divergence_sums[i] += (action - reference.float()).square().mean()
         self._divergence_counts[i] += 1
         if explore:
             action = self.explore(action)
-        return action.clamp(-1, 1).cpu().numpy()
+        return action.clamp(-1, 1)
 
     def pop_divergence(self, explore: bool) -> float:
         """Mean over the actions taken since the last call (training acts if ``explore``, else
@@ -250,6 +261,11 @@ class Agent(nn.Module):
     def update(self, replay) -> dict[str, torch.Tensor]:
         """One environment step's worth of training. Returns detached scalar tensors."""
         raise NotImplementedError
+
+    def begin_update(self) -> None:
+        """Called first in every ``update``: marks a new CUDA-graph iteration (a no-op without
+        graphs) so the compiled losses' graphs may reuse their memory."""
+        mark_step(self.runtime)
 
     @torch.no_grad()
     def value_estimate(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -125,8 +125,8 @@ class ModelFreeAgent(Agent):
         self._critic_params = critic_params + (list(self.encoder.parameters()) if self.encoder is not None else [])
         self.critic_updates = 0
         r = self.runtime
-        self.compiled_critic_loss = Compiled(self.critic_loss_terms, r, "critic loss")
-        self.compiled_policy_loss = Compiled(self.policy_loss_terms, r, "policy loss")
+        self.compiled_critic_loss = Compiled(self.critic_loss_terms, r, "critic loss", cuda_graphs=True)
+        self.compiled_policy_loss = Compiled(self.policy_loss_terms, r, "policy loss", cuda_graphs=True)
 
     # ------------------------------------------------------------------------------ networks
     def features(self, obs: torch.Tensor, target: bool = False) -> torch.Tensor:
@@ -235,6 +235,7 @@ class ModelFreeAgent(Agent):
             soft_update_(self.encoder_target, self.encoder, self.spec.tau)
 
     def update(self, replay) -> dict[str, torch.Tensor]:
+        self.begin_update()
         self.training_steps += 1
         self.env_terminates = replay.env_terminates
         spec, metrics = self.spec, {}

@@ -237,11 +237,11 @@ class MRQ(Agent):
     def _compile(self) -> None:
         """Wrap the update losses and the planner's scoring per the runtime (no-ops when eager)."""
         r = self.runtime
-        self.compiled_encoder_loss = Compiled(self.encoder_loss_terms, r, "encoder loss")
-        self.compiled_critic_loss = Compiled(self.critic_loss_terms, r, "critic loss")
-        self.compiled_policy_loss = Compiled(self.policy_loss_terms, r, "policy loss")
+        self.compiled_encoder_loss = Compiled(self.encoder_loss_terms, r, "encoder loss", cuda_graphs=True)
+        self.compiled_critic_loss = Compiled(self.critic_loss_terms, r, "critic loss", cuda_graphs=True)
+        self.compiled_policy_loss = Compiled(self.policy_loss_terms, r, "policy loss", cuda_graphs=True)
         if self.distill_head is not None:
-            self.compiled_distill_loss = Compiled(self.distill_loss_terms, r, "distill loss")
+            self.compiled_distill_loss = Compiled(self.distill_loss_terms, r, "distill loss", cuda_graphs=True)
         if hasattr(self.planner, "set_runtime"):
             self.planner.set_runtime(r)
 
@@ -330,6 +330,7 @@ class MRQ(Agent):
     def update(self, replay) -> dict[str, torch.Tensor]:
         """One training-phase environment step of MR.Q. Returns detached scalar tensors."""
         s = self.hp
+        self.begin_update()
         self.training_steps += 1
         self.env_terminates = replay.env_terminates
         metrics: dict[str, torch.Tensor] = {}

@@ -174,6 +174,9 @@ class _View:
         policy = self.agent.policy
         return policy.sample(z)[0] if self.sample else policy.act(z)
 
+    def reference(self, z):
+        return self.agent.policy.act(z)  # the mean action: the divergence's reference
+
     def value(self, z, a):
         # no dropout in planning (TD-MPC2); a two-hot critic's atoms are its decoded values
         x = torch.cat([z, a.to(z.dtype)], -1)
@@ -214,8 +217,8 @@ class TDMPC2(Agent):
         self.view = _View(self)
         self._explore = True
         self._searches = spec.planner.type != "policy"  # plain value: act() reads no pydantic
-        self.compiled_model_loss = Compiled(self.model_loss_terms, self.runtime, "model loss")
-        self.compiled_policy_loss = Compiled(self.policy_loss_terms, self.runtime, "policy loss")
+        self.compiled_model_loss = Compiled(self.model_loss_terms, self.runtime, "model loss", cuda_graphs=True)
+        self.compiled_policy_loss = Compiled(self.policy_loss_terms, self.runtime, "policy loss", cuda_graphs=True)
         if hasattr(self.planner, "set_runtime"):
             self.planner.set_runtime(self.runtime)
 
@@ -240,9 +243,9 @@ class TDMPC2(Agent):
         self.view.sample = self._explore or self._searches
         return self.view
 
-    def act(self, obs, explore: bool = True, first: bool = False):
+    def act_on_device(self, obs, explore: bool = True, first: bool = False):
         self._explore = explore
-        return super().act(obs, explore, first)
+        return super().act_on_device(obs, explore, first)
 
     def policy_action(self, obs, explore):
         z = self.encoder.zs(obs)
@@ -322,6 +325,7 @@ class TDMPC2(Agent):
         return loss, -gaussian_log_prob.detach().mean(), spread
 
     def update(self, replay) -> dict[str, torch.Tensor]:
+        self.begin_update()
         self.training_steps += 1
         self.env_terminates = replay.env_terminates
         if self.training_steps == 1 and self.spec.pretrain:

@@ -32,6 +32,9 @@ class PlanningModel(Protocol):
     def policy(self, z: torch.Tensor) -> torch.Tensor:
         """``z -> a [B, A]`` (deterministic)."""
 
+    # optional: ``reference(z) -> a [B, A]``, the deterministic action a stochastic policy is
+    # compared with (its mean); planners return it as ``last_reference`` (default: ``policy``)
+
     def value(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """``(z, a) -> aggregated value [B, 1]`` (the planner's aggregator over the ensemble)."""
 
@@ -40,8 +43,12 @@ class Planner(nn.Module):
     """Chooses an action for one observation. Subclasses keep any warm-start state in buffers.
 
     ``plan(model, obs [obs_dim] or [1, obs_dim], first: bool, explore: bool) -> action [A]``;
-    ``first`` is True on the first step of an episode (warm starts reset there).
+    ``first`` is True on the first step of an episode (warm starts reset there). A planner may
+    set ``last_reference`` (``[A]``, the deterministic ``pi(z0)`` of the encoding it already
+    made) in ``plan``; the agent's policy-vs-search divergence then needs no second forward.
     """
+
+    last_reference: torch.Tensor | None = None
 
     def reset(self) -> None:
         """Forget warm-start state (called at every episode start)."""

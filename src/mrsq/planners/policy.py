@@ -7,6 +7,7 @@ from typing import Literal
 import torch
 
 from mrsq.planners.base import Planner, PlanningModel
+from mrsq.planners.sampling import reference_action
 from mrsq.registry import PLANNERS
 from mrsq.specs import Spec
 
@@ -25,4 +26,8 @@ class PolicyPlanner(Planner):
 
     def plan(self, model: PlanningModel, obs: torch.Tensor, first: bool = False,
              explore: bool = True) -> torch.Tensor:
-        return model.policy(model.encode(obs.reshape(1, -1)))[0]
+        z0 = model.encode(obs.reshape(1, -1))
+        action = model.policy(z0)[0]
+        # the divergence's reference pi(z0): the action itself unless the policy samples
+        self.last_reference = reference_action(model, z0) if getattr(model, "stochastic_policy", False) else action
+        return action

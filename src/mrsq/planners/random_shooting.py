@@ -14,7 +14,7 @@ import torch
 from pydantic import Field
 
 from mrsq.planners.base import Planner, PlanningModel
-from mrsq.planners.sampling import SampleCountSpec, policy_noise, policy_rollout, trajectory_value
+from mrsq.planners.sampling import SampleCountSpec, policy_noise, policy_rollout, reference_action, trajectory_value
 from mrsq.registry import PLANNERS
 
 
@@ -46,4 +46,5 @@ class RandomShootingPlanner(Planner):
             noise = policy_noise(s.policy_noise_std, s.num_policy_trajectories, s.horizon, self.action_dim, z0.device)
             pi_actions, pi_value = policy_rollout(model, z0, s.horizon, noise)
             actions, values = torch.cat([pi_actions, actions]), torch.cat([pi_value, values])
+        self.last_reference = reference_action(model, z0)  # the divergence's pi(z0), no second encode
         return actions.index_select(0, values[:, 0].argmax().reshape(1))[0, 0]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field, model_validator
 
-from mrsq.compile import Compiled
+from mrsq.compile import Compiled, mark_step
 from mrsq.planners.base import Planner, PlanningModel
 from mrsq.specs import Spec
 
@@ -63,6 +63,12 @@ def trajectory_value(model: PlanningModel, z0: torch.Tensor, actions: torch.Tens
     """
     n = actions.shape[0]
     return _rollout(model, z0.expand(n, -1), actions.shape[1], actions)[1]
+
+
+def reference_action(model: PlanningModel, z0: torch.Tensor) -> torch.Tensor:
+    """The deterministic policy action at ``z0 [1, Z]`` -> ``[A]`` (fp32): ``model.reference``
+    if the model has one (a stochastic policy's mean), else ``model.policy``."""
+    return getattr(model, "reference", model.policy)(z0)[0].float()
 
 
 def policy_rollout(model: PlanningModel, z0: torch.Tensor, horizon: int,
@@ -156,9 +162,11 @@ class IterativeSamplingPlanner(Planner):
     """Sample around a Gaussian, score, keep elites, refit; warm-started across steps.
 
     Subclasses choose the elite weights (:meth:`elite_weights`) and the executed action
-    (:meth:`choose`). State: buffer ``mean [H, A]``, the last refit mean (not in checkpoints:
+    (:meth:`choose`); one whose ``choose`` reads ``explore`` sets ``USES_EXPLORE = True``. State: buffer ``mean [H, A]``, the last refit mean (not in checkpoints:
     it is per-episode state, cleared by :meth:`reset`).
     """
+
+    USES_EXPLORE = False
 
     def __init__(self, spec: IterativeSpec, action_dim: int) -> None:
         super().__init__()
@@ -174,10 +182,13 @@ class IterativeSamplingPlanner(Planner):
         self._score, self._policy_rollout, self._search = trajectory_value, policy_rollout, self.search
 
     def set_runtime(self, runtime) -> None:
-        """CPU: compile the trajectory scoring (fuses the networks' elementwise work; the loop
-        around it is cheap). CUDA: compile the whole search with CUDA graphs, one graph replay
-        per action (``reduce-overhead``), so no kernel is launched from Python per iteration."""
-        if runtime.device.startswith("cuda"):
+        """``compile_scope "scoring"`` (CPU): compile the trajectory scoring (fuses the networks'
+        elementwise work; the loop around it is cheap). ``"search"`` (CUDA, or
+        :func:`mrsq.runtime.cuda_branch` on a CPU): compile the whole search, as CUDA graphs
+        where the runtime has them (one graph replay per action, no kernel launched from Python
+        per iteration)."""
+        self._runtime = runtime
+        if runtime.compile_scope == "search":
             self._search = Compiled(self.search, runtime, f"{type(self).__name__} search", cuda_graphs=True)
         else:
             self._score = Compiled(trajectory_value, runtime, "planner scoring")
@@ -207,22 +218,30 @@ class IterativeSamplingPlanner(Planner):
     @torch.no_grad()
     def plan(self, model: PlanningModel, obs: torch.Tensor, first: bool = False,
              explore: bool = True) -> torch.Tensor:
+        mark_step(getattr(self, "_runtime", None))
         mean0 = self.initial_mean(first)
-        action, mean, std, sequence, policy_elites = self._search(model, obs.reshape(1, -1), mean0, explore)
+        # `explore` reaches the (compiled) search only for a planner whose choice uses it:
+        # dynamo specialises on a Python bool, so passing it would compile every search twice
+        args = (explore,) if self.USES_EXPLORE else ()
+        action, mean, std, sequence, policy_elites, reference = self._search(model, obs.reshape(1, -1), mean0, *args)
+        # outputs are fresh tensors (a CUDA-graph search clones them: mrsq.compile.Compiled)
         self.mean.copy_(mean)
-        self.last_std = std.clone()  # [H, A]: the final refit std (TD-MPC2 explores with std[0])
-        self.last_sequence = sequence.clone()  # [H, A]: the executed elite's whole sequence
-        self.last_policy_elites = policy_elites.clone()  # []: final elites that are policy rollouts
-        return action.clone()
+        self.last_std = std  # [H, A]: the final refit std (TD-MPC2 explores with std[0])
+        self.last_sequence = sequence  # [H, A]: the executed elite's whole sequence
+        self.last_policy_elites = policy_elites  # []: final elites that are policy rollouts
+        self.last_reference = reference  # [A]: the deterministic pi(z0) (the divergence metric)
+        return action
 
     def search(self, model: PlanningModel, obs: torch.Tensor, mean: torch.Tensor,
-               explore: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               explore: bool = False) -> tuple[torch.Tensor, ...]:
         """One action's search from ``obs [1, obs]`` and the start ``mean [H, A]``.
 
-        Returns ``(action [A], final mean [H, A], final std [H, A], executed elite's sequence [H, A], number of
-        the final elites that are policy rollouts [] (a diagnostic))``. Pure
+        Returns ``(action [A], final mean [H, A], final std [H, A], executed elite's sequence
+        [H, A], number of the final elites that are policy rollouts [] (a diagnostic),
+        reference action [A])``; the reference is the deterministic policy's ``pi(z0)`` (the
+        policy-vs-search divergence compares with it, so acting costs no second encode). Pure
         tensor code with no host synchronisation: compiled (and CUDA-graph captured) as a whole
-        on GPUs."""
+        on GPUs. ``explore`` is passed only when ``USES_EXPLORE``."""
         n, p, k, h = self.num_samples, self.num_policy, self.num_elites, self.horizon
         z0 = model.encode(obs)  # [1, Z]
         std = torch.full_like(mean, self.max_std)
@@ -245,5 +264,9 @@ class IterativeSamplingPlanner(Planner):
             mean, std = weighted_stats(elite_actions, weights)
             std = std.clamp(self.min_std, self.max_std)
         chosen = self.choose(elite_actions, elite_values, weights, mean, explore)
-        return chosen[0], mean, std, chosen, (idx < p).sum()
+        if p > 0 and noise is None and not stochastic:
+            reference = pi_actions[0, 0]  # the deterministic rollout's first action is pi(z0)
+        else:
+            reference = reference_action(model, z0)
+        return chosen[0], mean, std, chosen, (idx < p).sum(), reference
 

@@ -67,12 +67,27 @@ class ReplayBatch:
     indices: torch.Tensor
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> ReplayBatch:
-        """Return a copy with every tensor moved to ``device``."""
-        moved = {
-            f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
-            for f in fields(self)
-        }
+        """Return a copy with every tensor moved to ``device`` (itself if already there). From
+        host memory to a GPU the copies go through pinned memory without blocking (see
+        :func:`_host_to_device`); ``non_blocking`` is kept for callers that pass it."""
+        device = torch.device(device)
+        if all(_same_device(getattr(self, f.name).device, device) for f in fields(self)):
+            return self
+        moved = {f.name: _host_to_device(getattr(self, f.name), device) for f in fields(self)}
         return ReplayBatch(**moved)
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index == b.index or a.index is None or b.index is None)
+
+
+def _host_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; a host tensor bound for a GPU goes through a pinned copy with
+    ``non_blocking=True`` (a copy from pageable memory makes the host wait; PyTorch's caching
+    host allocator keeps the pinned block until the copy has finished, so this is safe)."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def _require_int(name: str, value: Any, minimum: int) -> int:
@@ -176,6 +191,7 @@ class LAPReplay:
         self._num_prioritized = 0  # transitions whose slot already holds its initial priority
         self._episode_length = 0  # transitions of the current (unfinished) episode
         self._env_terminates = False
+        self._num_valid = 0  # valid start slots, kept by add (sampling never scans the flags)
 
     # ------------------------------------------------------------------ properties
 
@@ -201,8 +217,8 @@ class LAPReplay:
 
     @property
     def num_valid(self) -> int:
-        """Number of start slots that can currently be sampled."""
-        return int(np.count_nonzero(self._valid[: self.size]))
+        """Number of start slots that can currently be sampled (a running count)."""
+        return self._num_valid
 
     @property
     def env_terminates(self) -> bool:
@@ -258,11 +274,13 @@ class LAPReplay:
         # The start stored in this slot is new and incomplete. Starts whose window covers this slot
         # are slot-H+1 .. slot-1, which hold the H-1 previous transitions (C > H): they are either
         # still incomplete (invalid) or end in a termination, so their windows stay consistent.
+        self._num_valid -= int(self._valid[slot])
         self._valid[slot] = 0.0
         self._num_added += 1
         self._episode_length += 1
         if self._episode_length > self._horizon:
             # Negative indices wrap, which is exactly "modulo C" because H < C.
+            self._num_valid += 1 - int(self._valid[slot - self._horizon])
             self._valid[slot - self._horizon] = 1.0
         if terminated:
             self._env_terminates = True
@@ -274,7 +292,9 @@ class LAPReplay:
     def _validate_episode_tail(self, last_slot: int) -> None:
         """Mark the last ``min(episode_length, H)`` starts, ending at ``last_slot``, as valid."""
         count = min(self._episode_length, self._horizon)
-        self._valid[np.arange(last_slot - count + 1, last_slot + 1)] = 1.0
+        tail = np.arange(last_slot - count + 1, last_slot + 1)
+        self._num_valid += count - int(np.count_nonzero(self._valid[tail]))
+        self._valid[tail] = 1.0
 
     def _sync_device(self) -> None:
         """Mirror the rows written since the last sync (and the ``H`` slots before them, whose
@@ -286,7 +306,8 @@ class LAPReplay:
         slots = np.arange(start, self._num_added) % c
         index = torch.arange(start, self._num_added, device=self._device) % c  # made on the device: no sync
         for key in _ARRAY_KEYS:
-            rows = torch.from_numpy(getattr(self, f"_{key}")[slots]).to(self._device, non_blocking=True)
+            # a fancy-indexed numpy temporary is pageable memory: pinned before the async copy
+            rows = _host_to_device(torch.from_numpy(getattr(self, f"_{key}")[slots]), self._device)
             getattr(self, f"_{key}_t").index_copy_(0, index, rows)
         self._synced = self._num_added
 
@@ -348,9 +369,10 @@ class LAPReplay:
             raise RuntimeError("cannot sample from an empty replay buffer")
         cumsum = torch.cumsum(self._sampling_weights(), dim=0, dtype=torch.float64)
         total = cumsum[-1]
-        # weights are positive exactly where valid; on a device, ask the host arrays (no sync)
-        empty = not self._valid[: self.size].any() if self._mirrored else not bool(total > 0)
-        if empty and not self._mirrored and bool(total.isnan()):
+        # weights are positive exactly where valid: the running count says whether any start is
+        # (no scan of the flags, no device sync); on the CPU a non-finite total is also caught
+        empty = self._num_valid == 0
+        if not empty and not self._mirrored and not bool(total > 0):
             raise RuntimeError("replay priorities are not finite (update_priority got a non-finite TD error)")
         if empty:
             raise RuntimeError(
@@ -449,6 +471,7 @@ class LAPReplay:
                 target[:n] = state[key].to(torch.float32).numpy()
         else:
             self._valid[:n] = np.unpackbits(state["valid_bits"].numpy(), count=n)
+        self._num_valid = int(np.count_nonzero(self._valid[:n]))
         self._priority[:n] = state["priority"].to(self._device, torch.float32)
         self._max_priority = state["max_priority"].to(self._device, torch.float32).clone().reshape(())
         self._num_added = int(state["num_added"])
