@@ -30,9 +30,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from mrsq.training.checkpoint import CheckpointError
     from mrsq.training.loop import ResumeError
     from mrsq.replay.store import ReplayStoreError
+    from mrsq.training.lock import RunLockedError
 
     return (UsageError, SpecError, RegistryError, EnvError, CheckpointError, RunFolderError, ResumeError,
-            ReplayStoreError)
+            ReplayStoreError, RunLockedError)
 
 
 def _add_spec_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
@@ -98,10 +99,22 @@ EXIT_DIVERGED = 3  # a non-finite loss or parameter stopped the run (retrying wo
 
 
 def cmd_train(args) -> int:
+    held: list = []  # the run folder's lock, taken before a fresh run touches the folder
+    try:
+        return _train(args, held)
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def _train(args, held: list) -> int:
     from mrsq.envs import parse_env_id
+    from mrsq.training.lock import acquire
     from mrsq.training import Trainer
     from mrsq.training.loop import NonFiniteError
 
+    if args.fresh_replay is not None and not args.resume:
+        raise UsageError("--fresh-replay continues a run: use it with --resume RUN_FOLDER")
     if args.resume:
         given = [flag for flag, value in (("SOURCE", args.source), ("--set", args.overrides), ("--env", args.env),
                                           ("--steps", args.steps), ("--seed", args.seed), ("--out", args.out),
@@ -112,7 +125,10 @@ def cmd_train(args) -> int:
         from mrsq import registry
 
         registry.import_modules(args.imports)  # a run built from the user's own components needs them again
-        trainer = Trainer.resume(Path(args.resume), progress=not args.no_progress, detect_anomaly=args.detect_anomaly)
+        if args.fresh_replay is not None and args.fresh_replay < 1:
+            raise UsageError(f"--fresh-replay {args.fresh_replay}: refill with at least 1 warm-up step")
+        trainer = Trainer.resume(Path(args.resume), progress=not args.no_progress, detect_anomaly=args.detect_anomaly,
+                                 fresh_replay=args.fresh_replay)
         out, spec, s = trainer.out, trainer.spec, trainer.state
         _set_threads(args.threads)  # another thread count than the run's: correct, but no longer bit-exact
         if s.step >= spec.train.steps and not s.pending_eval:
@@ -130,6 +146,7 @@ def cmd_train(args) -> int:
         out = Path(args.out) if args.out else _default_out(args.source, spec)
         created = not out.exists()
         _check_out_folder(out)
+        held.append(acquire(out))  # a second writer stops here, before anything is cleared or written
         _clear_failed_start(out)
         if (out / "checkpoint.pt").exists() or (out / "eval.csv").exists():
             raise UsageError(f"--out {out}: already holds a run; continue it with `mrsq train --resume {out}` or "
@@ -138,6 +155,7 @@ def cmd_train(args) -> int:
             trainer = Trainer(spec, out, progress=not args.no_progress, preset=_preset_name(args.source),
                               detect_anomaly=args.detect_anomaly, imports=list(dict.fromkeys(args.imports)))
         except BaseException:
+            held.pop().release()  # (removes the lock file)
             if created and out.is_dir() and not any(out.iterdir()):
                 out.rmdir()  # leave no trace of a run that never started
             raise
@@ -395,6 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_FOLDER",
                    help="continue this run folder from its last checkpoint (falls back to the previous one if "
                         "the last is damaged); the spec comes from the checkpoint")
+    p.add_argument("--fresh-replay", nargs="?", type=int, const=1000, default=None, metavar="N",
+                   help="with --resume, when the replay segments are damaged or lost: continue from the "
+                        "checkpoint's weights and optimisers with an empty buffer refilled by N random warm-up "
+                        "steps (default 1000); no longer an exact continuation (recorded in run.json)")
     p.add_argument("--detect-anomaly", action="store_true",
                    help="debugging: torch autograd anomaly mode and a non-finite check every step (slow)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

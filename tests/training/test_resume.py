@@ -290,6 +290,7 @@ def test_killed_three_times_then_resumed_matches_an_uninterrupted_run(tmp_path, 
         else:
             result = run_cli(run_args, tmp_path, failpoint=point)
             assert result.returncode == -signal.SIGKILL, result.stderr
+            assert (out / ".mrsq.lock").exists()  # left by the killed writer: stale, taken over by the resume
     if "checkpoint:2" in interruptions:
         assert not (out / "checkpoint.pt.tmp").exists()  # cleaned up by the resume after the kill
     trainer = Trainer.resume(out, progress=False)

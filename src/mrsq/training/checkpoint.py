@@ -139,9 +139,10 @@ def candidates(folder: Path) -> list[Path]:
 
 def load_latest(folder: Path, validate=None, warn=print) -> tuple[dict, Path]:
     """The newest checkpoint of a run folder that loads (and passes ``validate(payload, path)``,
-    which raises :class:`CheckpointError` to reject it). Each rejected one costs a one-line
-    ``warn``; a rejected ``checkpoint.pt`` is renamed ``checkpoint.pt.corrupt`` so the next write
-    cannot rotate it over the good ``checkpoint.prev.pt``. No usable checkpoint: CheckpointError."""
+    which raises :class:`CheckpointError` to reject it). A rejected ``checkpoint.pt`` costs a
+    one-line ``warn`` and is renamed ``checkpoint.pt.corrupt`` once ``checkpoint.prev.pt`` has
+    loaded, so the next write cannot rotate it over the good one. No usable checkpoint:
+    CheckpointError naming each one's problem (and nothing renamed)."""
     folder = Path(folder)
     remove_stale_tmp(folder)
     found = candidates(folder)
@@ -153,12 +154,14 @@ def load_latest(folder: Path, validate=None, warn=print) -> tuple[dict, Path]:
             payload = load_checkpoint(path)
             if validate is not None:
                 validate(payload, path)
-            return payload, path
         except CheckpointError as exc:
             errors.append(str(exc))
-            if path.name == CHECKPOINT:
-                os.replace(path, path.with_name(CHECKPOINT + ".corrupt"))
-                warn(f"{exc}; kept as {CHECKPOINT}.corrupt, trying {PREVIOUS}")
-            else:
-                warn(str(exc))
+            continue
+        if errors and path.name != CHECKPOINT and (folder / CHECKPOINT).exists():
+            # the rejected newest is kept aside, so the next write cannot rotate it over this one;
+            # only once another has loaded (if none does, nothing is renamed: `--fresh-replay` may
+            # still continue from the newest's weights)
+            os.replace(folder / CHECKPOINT, folder / (CHECKPOINT + ".corrupt"))
+            warn(f"{errors[0]}; kept as {CHECKPOINT}.corrupt, resuming from {PREVIOUS}")
+        return payload, path
     raise CheckpointError(f"{folder}: no usable checkpoint ({'; '.join(errors)})")

@@ -52,6 +52,7 @@ from mrsq.runs import read_run_json
 from mrsq.runtime import Runtime
 from mrsq.runtime import replay_device
 from mrsq.runtime import resolve as resolve_runtime
+from mrsq.training import lock as run_lock
 from mrsq.training.checkpoint import (CHECKPOINT, CheckpointError, CheckpointWriteError, failpoint,
                                       load_latest, remove_stale_tmp, save_checkpoint)
 from mrsq.training.diagnostics import PLANNER_VALUE_COLUMNS, VALUE_COLUMNS, ValueErrorRecorder
@@ -181,6 +182,7 @@ class LoopState:
     pending_eval: bool = True  # the evaluation of `step` is still to do (step 0: before training)
     last_eval: list | None = None  # [step, return_mean, return_std]
     checkpoint_step: int = -1  # step of the last checkpoint written (or resumed from)
+    warmup: int | None = None  # the warm-up target after a --fresh-replay resume (None: the spec's)
 
     SCALARS = ("step", "first", "episodes", "ep_return", "last_return", "last_log_step", "elapsed",
                "pending_eval", "last_eval", "checkpoint_step")
@@ -234,28 +236,44 @@ class Trainer:
         self._saved_added = 0  # replay transitions already on disk
         self._writes = 0  # checkpoints written by this process (for MRSQ_FAILPOINT)
         self._stop_signal: int | None = None
+        self._lock: run_lock.RunLock | None = None  # this process's claim on the run folder
+        self.fresh_replays: list[dict] = []  # --fresh-replay resumes of this run (run.json)
 
     # ------------------------------------------------------------------------------ resuming
     @classmethod
-    def resume(cls, out: Path, progress: bool = True, detect_anomaly: bool = False, warn=None) -> "Trainer":
+    def resume(cls, out: Path, progress: bool = True, detect_anomaly: bool = False, warn=None,
+               fresh_replay: int | None = None) -> "Trainer":
         """A Trainer for run folder ``out``, restored from its newest usable checkpoint (falling
-        back to ``checkpoint.prev.pt`` with a one-line warning when the newest is damaged)."""
+        back to ``checkpoint.prev.pt`` with a one-line warning when the newest is damaged).
+
+        ``fresh_replay=N``: continue from the newest checkpoint whose weights, optimisers and loop
+        state load, with an *empty* replay buffer refilled by N random warm-up steps before
+        updates resume (for a run whose replay segments are damaged or lost). The run is then no
+        longer an exact continuation: a warning says so and run.json records it."""
         out = Path(out)
         warn = warn or (lambda line: print(f"mrsq: warning: {line}", file=sys.stderr))
         if not out.is_dir():
             raise ResumeError(f"--resume {out}: no such run folder")
-        info = read_run_json(out)
-        imports = list(info.get("imports") or [])
-        registry.import_modules(imports)  # the run's own components, recorded when it started
-        payload, path = load_latest(out, validate=_validate_resumable, warn=warn)
-        spec = specs.from_yaml(payload["spec"], where=f"{path} (spec)")
-        trainer = cls(spec, out, progress=progress, preset=info.get("preset"), detect_anomaly=detect_anomaly,
-                      imports=imports)
-        trainer.resumes = int(info.get("resumes", 0)) + 1
-        trainer._restore(payload, path, warn)
+        lock = run_lock.acquire(out, warn)  # before anything below writes (a corrupt checkpoint's rename)
+        try:
+            info = read_run_json(out)
+            imports = list(info.get("imports") or [])
+            registry.import_modules(imports)  # the run's own components, recorded when it started
+            validate = _validate_resumable if fresh_replay is None else _validate_resume_state
+            payload, path = load_latest(out, validate=validate, warn=warn)
+            spec = specs.from_yaml(payload["spec"], where=f"{path} (spec)")
+            trainer = cls(spec, out, progress=progress, preset=info.get("preset"), detect_anomaly=detect_anomaly,
+                          imports=imports)
+            trainer.resumes = int(info.get("resumes", 0)) + 1
+            trainer.fresh_replays = list(info.get("fresh_replay") or [])
+            trainer._restore(payload, path, warn, fresh_replay)
+        except BaseException:
+            lock.release()
+            raise
+        trainer._lock = lock  # released when its run() ends
         return trainer
 
-    def _restore(self, payload: dict, path: Path, warn) -> None:
+    def _restore(self, payload: dict, path: Path, warn, fresh_replay: int | None = None) -> None:
         resume = payload["resume"]
         try:
             self.agent.load_training_state(payload["agent"])
@@ -267,12 +285,23 @@ class Trainer:
         for key in LoopState.SCALARS:
             setattr(s, key, loop[key])
         s.last_return = math.nan if s.last_return is None else s.last_return
+        s.warmup = loop.get("warmup")  # absent in checkpoints written before --fresh-replay existed
         s.checkpoint_step = int(payload["step"])
-        # replay: bookkeeping from the checkpoint, transitions from the segments beside it
-        self.replay.load_state_dict(resume["replay"], arrays=False)
-        self._segments = [list(x) for x in loop["segments"]]
-        self._previous_segments = list(self._segments)
-        store.load(self.replay, self.out / store.FOLDER, self._segments)
+        if fresh_replay is None:
+            # replay: bookkeeping from the checkpoint, transitions from the segments beside it
+            self.replay.load_state_dict(resume["replay"], arrays=False)
+            self._segments = [list(x) for x in loop["segments"]]
+            self._previous_segments = list(self._segments)
+            store.load(self.replay, self.out / store.FOLDER, self._segments)
+        else:
+            # an empty buffer (its first segment is written from transition 0 at the next
+            # checkpoint; the old segments are collected then), refilled by `fresh_replay` warm-up
+            # steps; whether the env terminates is known already (it decides MR.Q's loss terms)
+            self.replay._env_terminates = bool(resume["replay"]["env_terminates"])
+            s.warmup = int(fresh_replay)
+            self.fresh_replays.append({"step": s.step, "refill": int(fresh_replay)})
+            warn(f"{self.out}: resuming at step {s.step} with a fresh replay buffer ({fresh_replay} warm-up steps "
+                 "before updates resume): this run is no longer an exact continuation (run.json records it)")
         self._saved_added = self.replay.num_added
         # RNGs
         rng = loop["rng"]
@@ -311,6 +340,16 @@ class Trainer:
         self._callback = callback
         t, s = self.spec.train, self.state
         self.out.mkdir(parents=True, exist_ok=True)
+        if self._lock is None:  # one writer per run folder (RunLockedError before any write)
+            self._lock = run_lock.acquire(self.out, lambda line: print(f"mrsq: warning: {line}", file=sys.stderr))
+        try:
+            return self._run(callback)
+        finally:
+            self._lock.release()
+            self._lock = None
+
+    def _run(self, callback) -> RunResult:
+        t, s = self.spec.train, self.state
         fresh = self.resumed_from is None
         if fresh:
             (self.out / "spec.yaml").write_text(self.spec_yaml)
@@ -409,7 +448,8 @@ class Trainer:
     def _env_step(self, step: int) -> None:
         """One environment step (random actions during warm-up), its replay add and update."""
         s, spec = self.state, self.spec
-        if self.replay.size < spec.warmup_steps:
+        warmup = spec.warmup_steps if s.warmup is None else s.warmup
+        if self.replay.size < warmup:
             action = self.rng.uniform(-1, 1, self.env.action_dim).astype(np.float32)
         else:
             action = self.agent.act(s.obs, explore=True, first=s.first)
@@ -423,7 +463,7 @@ class Trainer:
             s.episode_rng, s.episode_actions = self._env_rng(self.env), []
             s.obs, s.first = self.env.reset(), True
             self.agent.planner.reset()
-        if self.replay.size > spec.warmup_steps:
+        if self.replay.size > warmup:
             try:
                 metrics = self.agent.update(self.replay)
             except Exception:
@@ -527,6 +567,7 @@ class Trainer:
     def _resume_state(self, segments: list[list[int]]) -> dict:
         s = self.state
         loop = {key: getattr(s, key) for key in LoopState.SCALARS}
+        loop["warmup"] = s.warmup
         loop["last_return"] = None if math.isnan(s.last_return) else s.last_return
         loop.update(
             segments=segments, episode_rng=s.episode_rng, eval_env_rng=self._env_rng(self.eval_env),
@@ -584,6 +625,8 @@ class Trainer:
                 "steps": self.spec.train.steps, "resumes": self.resumes, "runtime": self.runtime.as_dict(),
                 "compile_seconds": {c.name: c.compile_seconds for c in self.agent.compiled_functions()
                                     if c.compile_seconds}}
+        if self.fresh_replays:  # not an exact continuation from these steps on
+            info["fresh_replay"] = self.fresh_replays
         tmp = self.out / "run.json.tmp"
         try:
             tmp.write_text(json.dumps(info, indent=2) + "\n")
@@ -638,6 +681,13 @@ def _check_memory(replay_bytes: int, capacity: int, activation_bytes: int = 0, b
                               f"but {available / 2**30:.1f} GiB of memory is available; lower batch_size")
 
 
+def _validate_resume_state(payload: dict, path: Path) -> None:
+    """Reject (CheckpointError) a checkpoint without resume state (replay segments not checked:
+    ``--fresh-replay`` starts an empty buffer)."""
+    if "resume" not in payload:
+        raise CheckpointError(f"{path}: written by an mrsq without resume state (evaluate it with mrsq eval)")
+
+
 def _validate_resumable(payload: dict, path: Path) -> None:
     """Reject (CheckpointError) a checkpoint that cannot be resumed: written without resume
     state, or whose replay segments are missing or damaged."""
@@ -650,7 +700,7 @@ def _validate_resumable(payload: dict, path: Path) -> None:
         raise CheckpointError(f"{path}: damaged resume state") from None
     problem = store.check(path.parent / store.FOLDER, segments)
     if problem:
-        raise CheckpointError(f"{path}: {problem}")
+        raise CheckpointError(f"{path}: {problem} (--fresh-replay continues from its weights with an empty buffer)")
 
 
 def _last(result: RunResult) -> str:
