@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -12,7 +13,9 @@ from torch import nn
 import mrsq.components  # noqa: F401  (registers every built-in component)
 from mrsq.critics.ensemble import EnsembleCritic, EnsembleCriticSpec
 from mrsq.policies.tanh import TanhPolicy, TanhPolicySpec
-from mrsq.registry import AGENTS, CRITICS, ENCODERS, POLICIES
+from mrsq.registry import AGENTS, AGGREGATORS, CRITICS, ENCODERS, ENVS, PLANNERS, POLICIES
+from mrsq.planners.base import Planner
+from mrsq.specs import Spec
 from mrsq.testing import check_component
 
 
@@ -64,7 +67,27 @@ def test_sem_encoder_with_custom_spec():
 
 def test_unknown_family_raises():
     with pytest.raises(ValueError, match="no contract check"):
-        check_component("planner", "policy")
+        check_component("preset", "mrq")
+
+
+@pytest.mark.parametrize("name", AGGREGATORS.names(), ids=AGGREGATORS.names())
+def test_aggregator_contract(name):
+    check_component("aggregator", name)
+
+
+@pytest.mark.parametrize("name", PLANNERS.names(), ids=PLANNERS.names())
+def test_planner_contract(name):
+    check_component("planner", name)
+
+
+@pytest.mark.parametrize("env_id", ["fake:point2", "nchain:4-3", "gym:InvertedPendulum-v5", "dmc:cartpole-balance"])
+def test_env_contract(env_id):
+    check_component("env", env_id)
+
+
+def test_every_env_family_has_a_checked_example():
+    checked = {"fake", "nchain", "gym", "dmc"}
+    assert set(ENVS.names()) == checked, "a new env family needs an id in test_env_contract"
 
 
 # ------------------------------------------------------------------ the check can fail
@@ -135,6 +158,73 @@ def test_check_catches_non_finite_outputs(monkeypatch):
     _register(monkeypatch, POLICIES, "test_skip_layer", NaNPolicy, SkipLayerPolicySpec)
     with pytest.raises(AssertionError, match="non-finite"):
         check_component("policy", SkipLayerPolicySpec(hidden_dim=16))
+
+
+class NoReduceSpec(Spec):
+    type: Literal["test_no_reduce"] = "test_no_reduce"
+
+
+class UnboundedKSpec(Spec):
+    type: Literal["test_no_reduce"] = "test_no_reduce"
+    k: int = 2
+
+
+def test_check_catches_an_aggregator_that_forgets_to_reduce_or_mixes_rows(monkeypatch):
+    cases = [(lambda values: values, NoReduceSpec, r"returned shape \(5, 5, 1\).*\[B, 1\]"),
+             (lambda values: values.mean(0) * 0 + values.mean(), NoReduceSpec, "depend on other batch rows"),
+             (lambda values: values.amin(0), UnboundedKSpec, "k=0 is accepted"),
+             (lambda values: values.amin(0).detach(), NoReduceSpec, "no gradient reaches the values")]
+    for fn, spec, message in cases:
+        monkeypatch.setitem(AGGREGATORS._entries, "test_no_reduce", (fn, spec, "broken on purpose"))
+        with pytest.raises(AssertionError, match=message):
+            check_component("aggregator", "test_no_reduce")
+    monkeypatch.setitem(AGGREGATORS._entries, "test_no_reduce", (lambda values: values.amin(0), NoReduceSpec, "ok"))
+    check_component("aggregator", "test_no_reduce")  # fixed: passes
+
+
+class StatefulSpec(Spec):
+    type: Literal["test_stateful"] = "test_stateful"
+
+
+class ForgetfulPlanner(Planner):
+    """Broken on purpose: its warm start survives reset()."""
+
+    def __init__(self, spec, action_dim):
+        super().__init__()
+        self.calls, self.action_dim = 0, action_dim
+
+    def plan(self, model, obs, first=False, explore=True):
+        self.calls += 1
+        return torch.full((self.action_dim,), 0.1 * self.calls)
+
+
+class WildPlanner(ForgetfulPlanner):
+    def reset(self):
+        self.calls = 0
+
+    def plan(self, model, obs, first=False, explore=True):
+        return torch.full((self.action_dim,), 2.0)
+
+
+def test_check_catches_planners_with_stale_state_or_wild_actions(monkeypatch):
+    monkeypatch.setitem(PLANNERS._entries, "test_stateful", (ForgetfulPlanner, StatefulSpec, "broken"))
+    with pytest.raises(AssertionError, match="reset must clear"):
+        check_component("planner", "test_stateful")
+    monkeypatch.setitem(PLANNERS._entries, "test_stateful", (WildPlanner, StatefulSpec, "broken"))
+    with pytest.raises(AssertionError, match=r"outside \[-1, 1\]"):
+        check_component("planner", "test_stateful")
+
+
+def test_check_catches_an_env_with_float64_observations(monkeypatch):
+    from mrsq.testing import PointEnv
+
+    class Float64Env(PointEnv):
+        def _obs(self):
+            return super()._obs().astype(np.float64)
+
+    monkeypatch.setitem(ENVS._entries, "test64", (lambda name, seed: Float64Env(seed=seed), None, "broken"))
+    with pytest.raises(AssertionError, match="float64 observations, expected float32"):
+        check_component("env", "test64:x")
 
 
 def test_broken_components_do_not_leak_into_the_registry():

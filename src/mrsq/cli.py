@@ -69,14 +69,37 @@ def import_checked(modules) -> None:
             # the user's components (from --import or an installed entry point), not mrsq's own
             if getattr(reg.get(name), "__module__", "mrsq").split(".")[0] == "mrsq":
                 continue
-            if family not in CHECKS or family == "agent" or reg.spec(name) is None:
-                continue  # agents are checked by their first update; envs by their first reset
+            if family not in CHECKS or family in ("agent", "env") or reg.spec(name) is None:
+                continue  # agents are checked by their first update; envs by check_user_env
             try:
                 CHECKS[family](name)
             except Exception as exc:  # noqa: BLE001 - any failure is the component's, reported in one line
                 first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
                 origin = getattr(reg.get(name), "__module__", "?")
                 raise UsageError(f"{family} {name!r} (from {origin}) breaks mrsq's {family} contract: {first}") from None
+
+
+def check_user_env(env_id: str) -> None:
+    """A user's environment (its prefix registered by an --import'ed module) gets the env contract
+    check before any work; one line naming the broken contract."""
+    from mrsq.envs import parse_env_id
+    from mrsq.registry import ENVS
+    from mrsq.testing import check_env
+
+    prefix, _ = parse_env_id(env_id)
+    factory = ENVS.get(prefix)
+    origin = getattr(factory, "__module__", "mrsq") or "mrsq"
+    if origin.split(".")[0] == "mrsq":
+        return
+    from mrsq.envs import EnvError
+
+    try:
+        check_env(env_id, steps=20)
+    except EnvError:
+        raise  # an unknown task name of the user's family: its own one-line message
+    except Exception as exc:  # noqa: BLE001 - any failure is the env's, reported in one line
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"env {env_id!r} (from {origin}) breaks mrsq's env contract: {first}") from None
 
 
 def _load_spec(args):
@@ -142,6 +165,7 @@ def _train(args, held: list) -> int:
             raise UsageError("train needs a preset name or YAML spec (or --resume RUN_FOLDER)")
         spec = _load_spec(args)
         parse_env_id(spec.train.env)
+        check_user_env(spec.train.env)
         _check_device(spec.train.device)
         out = Path(args.out) if args.out else _default_out(args.source, spec)
         created = not out.exists()

@@ -202,11 +202,128 @@ def check_agent(name_or_spec, steps: int = 40, overrides: tuple[str, ...] = ()):
     return agent
 
 
-CHECKS = {"encoder": check_encoder, "critic": check_critic, "policy": check_policy, "agent": check_agent}
+def check_aggregator(name_or_spec, members: int = 5, batch: int = BATCH):
+    """An aggregator reduces the member dimension only: ``[N, B, 1] -> [B, 1]`` (a subset one
+    gets its ``k`` drawn members, an atom-pooling one ``[N, B, M]``), finite, row ``b`` of the
+    output depends on row ``b`` of the input alone, gradients flow back to the values (the policy
+    loss differentiates through it), and a ``k`` field refuses ``k = 0``."""
+    from pydantic import ValidationError
+
+    from mrsq.critics.aggregators import build_aggregator, draw_members
+    from mrsq.registry import AGGREGATORS
+
+    spec = _spec(AGGREGATORS, name_or_spec)
+    name = spec.type
+    if "k" in type(spec).model_fields:
+        try:
+            type(spec)(**{**spec.model_dump(), "k": 0})
+        except ValidationError:
+            pass
+        else:
+            raise AssertionError(f"{name}: k=0 is accepted; give the field a lower bound (Field(..., ge=1))")
+    agg = build_aggregator(spec)
+    atoms = getattr(spec, "drop", 0) + 3 if agg.pools_atoms else 1
+    drawn = draw_members(agg, members)
+    rows = members if drawn is None else len(drawn)
+    torch.manual_seed(0)
+    values = torch.randn(rows, batch, atoms, requires_grad=True)
+    out = agg(values)
+    assert isinstance(out, torch.Tensor) and out.shape == (batch, 1), (
+        f"{name}: returned shape {tuple(getattr(out, 'shape', ()))} for values {tuple(values.shape)}; an aggregator "
+        f"reduces the member dimension: [N, B, {atoms}] -> [B, 1]")
+    _assert_finite(name, out)
+    part = agg(values[:, :2].detach())
+    assert torch.allclose(part, out[:2].detach(), atol=1e-5), f"{name}: output rows depend on other batch rows " \
+                                                              "(reduce over dim 0, the members, only)"
+    assert out.requires_grad, f"{name}: no gradient reaches the values (the policy loss differentiates through it)"
+    out.sum().backward()
+    assert values.grad is not None and torch.isfinite(values.grad).all() and values.grad.abs().sum() > 0, (
+        f"{name}: no gradient reaches the values (the policy loss differentiates through the aggregator)")
+    return agg
+
+
+def check_planner(name_or_spec, action_dim: int = 2, seed: int = 0):
+    """A planner returns an action ``[A]`` in [-1, 1], finite, on a hand-written model
+    (:class:`QuadraticModel`); the same seed gives the same action; ``reset`` forgets the warm
+    start (a plan after reset equals the first plan under the same seed)."""
+    from mrsq.registry import PLANNERS
+
+    spec = _spec(PLANNERS, name_or_spec)
+    name = spec.type
+    planner = PLANNERS.get(spec.type)(spec, action_dim)
+    model = QuadraticModel(a_star=[0.5, -0.3, 0.2, 0.0][:action_dim] + [0.0] * max(0, action_dim - 4))
+    obs = torch.zeros(1, 2)
+
+    def plan(first: bool, explore: bool = False) -> torch.Tensor:
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            return planner.plan(model, obs, first=first, explore=explore)
+
+    planner.reset()
+    first = plan(True)
+    assert isinstance(first, torch.Tensor) and first.shape == (action_dim,), (
+        f"{name}: plan returned {type(first).__name__} of shape {tuple(getattr(first, 'shape', ()))}, expected a "
+        f"tensor [{action_dim}]")
+    _assert_finite(name, first)
+    assert bool((first.abs() <= 1).all()), f"{name}: action {first.tolist()} outside [-1, 1]"
+    plan(False, explore=True)  # a later step of the episode, exploring
+    planner.reset()
+    again = plan(True)
+    assert torch.equal(again, first), f"{name}: after reset() and the same seed the plan differs ({again.tolist()} " \
+                                      f"vs {first.tolist()}): reset must clear every warm-start state"
+    return planner
+
+
+def check_env(env_id: str, steps: int = 60, seed: int = 0):
+    """An environment: reset and step return float32 ``[obs_dim]`` observations, finite float
+    rewards and bool flags; actions in [-1, 1] of ``action_dim`` are accepted; the same seed
+    gives the same first observation."""
+    from mrsq.envs import make_env
+
+    env, twin = make_env(env_id, seed), make_env(env_id, seed)
+    try:
+        assert isinstance(env.obs_dim, int) and env.obs_dim >= 1 and isinstance(env.action_dim, int) and \
+            env.action_dim >= 1, f"{env_id}: obs_dim / action_dim must be positive ints ({env.obs_dim!r}, " \
+                                 f"{env.action_dim!r})"
+
+        def check_obs(obs, where: str) -> None:
+            obs = np.asarray(obs)
+            assert obs.shape == (env.obs_dim,), f"{env_id}: {where} gave an observation of shape {obs.shape}, " \
+                                               f"expected ({env.obs_dim},)"
+            assert obs.dtype == np.float32, f"{env_id}: {where} gave {obs.dtype} observations, expected float32"
+            assert np.isfinite(obs).all(), f"{env_id}: {where} gave a non-finite observation"
+
+        obs = env.reset(seed=seed)
+        check_obs(obs, "reset")
+        assert np.array_equal(obs, twin.reset(seed=seed)), f"{env_id}: the same seed gave different first observations"
+        rng = np.random.default_rng(seed)
+        for _ in range(steps):
+            out = env.step(rng.uniform(-1, 1, env.action_dim).astype(np.float32))
+            assert isinstance(out, tuple) and len(out) == 4, f"{env_id}: step must return (obs, reward, terminated, " \
+                                                             "truncated)"
+            obs, reward, terminated, truncated = out
+            check_obs(obs, "step")
+            assert isinstance(reward, (float, int, np.floating)) and np.isfinite(reward), (
+                f"{env_id}: reward {reward!r} is not a finite number")
+            assert isinstance(terminated, (bool, np.bool_)) and isinstance(truncated, (bool, np.bool_)), (
+                f"{env_id}: terminated / truncated must be bools, got {type(terminated).__name__} / "
+                f"{type(truncated).__name__}")
+            if terminated or truncated:
+                check_obs(env.reset(), "reset after an episode end")
+    finally:
+        env.close()
+        twin.close()
+    return env
+
+
+CHECKS = {"encoder": check_encoder, "critic": check_critic, "policy": check_policy, "agent": check_agent,
+          "aggregator": check_aggregator, "planner": check_planner, "env": check_env}
 
 
 def check_component(family: str, name_or_spec, **kwargs):
-    """Run the contract check of ``family`` ('encoder', 'critic', 'policy' or 'agent') on a component."""
+    """Run the contract check of ``family`` on a component: 'encoder', 'critic', 'policy',
+    'aggregator', 'planner' and 'agent' take a registered name or a spec, 'env' an env id such as
+    ``'gym:Hopper-v5'`` or ``'myprefix:task'``."""
     if family not in CHECKS:
         raise ValueError(f"no contract check for family {family!r} (have: {', '.join(CHECKS)})")
     return CHECKS[family](name_or_spec, **kwargs)

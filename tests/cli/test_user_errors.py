@@ -3,7 +3,10 @@ and no file touched; the spec-level ones are caught by ``mrsq show`` (no trainin
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ from mrsq.training.checkpoint import save_checkpoint
 from mrsq.training.loop import Trainer
 
 from tests.cli.test_cli import assert_one_line_error
+from tests.conftest import cli_env
 
 
 def snapshot(folder: Path) -> dict:
@@ -251,3 +255,102 @@ def test_check_component_works_in_a_fresh_process(tmp_path):
     code = "from mrsq.testing import check_component; check_component('critic', 'ensemble'); print('ok')"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+FAMILY_PLUGINS = {
+    # family: (broken module text, the id to train with, the message's start)
+    "aggregator": ('''
+from typing import Literal
+from mrsq.registry import AGGREGATORS
+from mrsq.specs import Spec
+class S(Spec):
+    type: Literal["lazy_min"] = "lazy_min"
+@AGGREGATORS.register("lazy_min", spec=S)
+def lazy_min(values):
+    return values  # forgets to reduce the members
+''', "fake:point2", "aggregator 'lazy_min' (from broken_aggregator) breaks mrsq's aggregator contract: "
+                    "lazy_min: returned shape (5, 5, 1)"),
+    "planner": ('''
+from typing import Literal
+import torch
+from mrsq.planners.base import Planner
+from mrsq.registry import PLANNERS
+from mrsq.specs import Spec
+class S(Spec):
+    type: Literal["bang_bang"] = "bang_bang"
+@PLANNERS.register("bang_bang", spec=S)
+class BangBang(Planner):
+    def __init__(self, spec, action_dim):
+        super().__init__()
+        self.action_dim = action_dim
+    def plan(self, model, obs, first=False, explore=True):
+        return torch.full((self.action_dim,), 2.0)  # out of bounds
+''', "fake:point2", "planner 'bang_bang' (from broken_planner) breaks mrsq's planner contract: "
+                    "bang_bang: action [2.0, 2.0] outside [-1, 1]"),
+    "env": ('''
+import numpy as np
+from mrsq.registry import ENVS
+from mrsq.testing import PointEnv
+class Wide(PointEnv):
+    def _obs(self):
+        return super()._obs().astype(np.float64)
+@ENVS.register("wide")
+def make(name, seed):
+    return Wide(seed=seed)
+''', "wide:point", "env 'wide:point' (from broken_env) breaks mrsq's env contract: wide:point: reset gave float64"),
+}
+
+
+@pytest.fixture
+def user_modules(tmp_path, monkeypatch):
+    """tmp_path importable, and every registry and sys.modules as they were afterwards (the
+    plug-ins register into the process's registries: in-process is ~10 s cheaper per case)."""
+    from mrsq.registry import FAMILIES
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    saved = {family: dict(reg._entries) for family, reg in FAMILIES.items()}
+    modules = set(sys.modules)
+    yield tmp_path
+    for family, reg in FAMILIES.items():
+        reg._entries.clear()
+        reg._entries.update(saved[family])
+    for name in set(sys.modules) - modules:
+        if name.startswith(("broken_", "fixed_")):
+            del sys.modules[name]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_PLUGINS))
+def test_a_broken_plugin_of_each_family_is_refused_before_training(family, user_modules, mrsq_main):
+    text, env_id, message = FAMILY_PLUGINS[family]
+    (user_modules / f"broken_{family}.py").write_text(text)
+    out = user_modules / "run"
+    code, _, err = mrsq_main("train", "mrq_small", "--import", f"broken_{family}", "--env", env_id, "--steps", "2",
+                             "--no-progress", "--out", out)
+    assert code == 2, err
+    assert_one_line_error(err, message)
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_the_same_plugins_fixed_pass_and_train(user_modules, mrsq_main):
+    fixed = {"aggregator": ("return values  # forgets to reduce the members", "return values.amin(0)"),
+             "planner": ("torch.full((self.action_dim,), 2.0)  # out of bounds",
+                         "model.policy(model.encode(obs.reshape(1, -1)))[0].clamp(-1, 1)"),
+             "env": ("super()._obs().astype(np.float64)", "super()._obs()")}
+    for family, (old, new) in fixed.items():
+        text = FAMILY_PLUGINS[family][0]
+        assert old in text
+        (user_modules / f"fixed_{family}.py").write_text(text.replace(old, new))
+    out = user_modules / "run"
+    args = ["train", "mrq_small", "--env", "wide:point", "--steps", "30", "--set", "warmup_steps=10",
+            "--set", "batch_size=8", "--set", "aggregators.target={type: lazy_min}",
+            "--set", "planner={type: bang_bang}", "--eval-every", "30", "--eval-episodes", "1", "--no-progress",
+            "--threads", "1", "--out", out]
+    args += [a for family in fixed for a in ("--import", f"fixed_{family}")]
+    threads = torch.get_num_threads()
+    try:
+        code, _, err = mrsq_main(*args)
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, err
+    assert json.loads((out / "run.json").read_text())["status"] == "done"
