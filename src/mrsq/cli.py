@@ -31,9 +31,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from mrsq.training.loop import ResumeError
     from mrsq.replay.store import ReplayStoreError
     from mrsq.training.lock import RunLockedError
+    from mrsq.training.loggers import LoggerUnavailableError
 
     return (UsageError, SpecError, RegistryError, EnvError, CheckpointError, RunFolderError, ResumeError,
-            ReplayStoreError, RunLockedError)
+            ReplayStoreError, RunLockedError, LoggerUnavailableError)
 
 
 def _add_spec_args(p: argparse.ArgumentParser, optional: bool = False) -> None:

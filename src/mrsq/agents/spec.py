@@ -85,5 +85,10 @@ class TrainSpec(Section):
     device: Literal["cpu", "cuda", "auto"] = "auto"
     checkpoint_minutes: float = Field(10.0, ge=0, description="also checkpoint when this many minutes passed "
                                       "since the last one (bounds the work a kill loses; 0: off)")
+    loggers: list[Literal["csv", "tensorboard", "wandb"]] = Field(
+        default_factory=lambda: ["csv"],
+        description="where train.csv / eval.csv rows also go (csv is always written): tensorboard (RUN/tensorboard), "
+                    "wandb (offline unless WANDB_MODE or an API key says otherwise); each an optional extra")
+    wandb_project: str = Field("mrsq", min_length=1, description="the W&B project of the wandb logger")
     checkpoint_every: int | None = Field(None, ge=1, description="also checkpoint every this many steps "
                                          "(checkpoints are always written at each evaluation)")

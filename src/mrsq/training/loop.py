@@ -52,6 +52,7 @@ from mrsq.runs import read_run_json
 from mrsq.runtime import Runtime
 from mrsq.runtime import replay_device
 from mrsq.runtime import resolve as resolve_runtime
+from mrsq.training import loggers
 from mrsq.training import lock as run_lock
 from mrsq.training.checkpoint import (CHECKPOINT, CheckpointError, CheckpointWriteError, failpoint,
                                       load_latest, remove_stale_tmp, save_checkpoint)
@@ -205,6 +206,7 @@ class Trainer:
         self.preset = preset  # the preset or YAML file's name, recorded in run.json for plot/compare labels
         self.detect_anomaly = detect_anomaly
         t = spec.train
+        loggers.check_available(t.loggers)  # a missing extra is one line before any work
         if t.threads:
             torch.set_num_threads(t.threads)
         seed_everything(t.seed)
@@ -359,6 +361,8 @@ class Trainer:
         resume_at = None if fresh else s.step
         eval_log = CSVLog(self.out / "eval.csv", EVAL_COLUMNS, resume_at=resume_at)
         train_log = CSVLog(self.out / "train.csv", (*TRAIN_COLUMNS, *self.agent.METRICS), resume_at=resume_at)
+        self._loggers = loggers.Loggers(t.loggers, self.out, self.spec.model_dump(mode="json"), resume_at,
+                                        t.wandb_project)
         result = RunResult(self.out, s.step)
         if s.last_eval:
             result.evals.append(tuple(s.last_eval))
@@ -412,6 +416,7 @@ class Trainer:
                     bad = self.means.first_nonfinite()
                     row.update(self.means.pop())
                     train_log.write(row)
+                    self._loggers.log("train", row, step)
                     self._notify("train", row)
                     if bad is not None:
                         raise self._nonfinite(f"{bad[0]} = {row.get(bad[0])}", bad[1])
@@ -440,6 +445,7 @@ class Trainer:
             bar.close()
             eval_log.close()
             train_log.close()
+            self._loggers.close()
             self.env.close()
             self.eval_env.close()
             self._write_run_json(status)
@@ -506,6 +512,7 @@ class Trainer:
                "episodes": self.spec.train.eval_episodes, "wall_time": time.perf_counter() - self._start,
                **ev.diagnostics}
         log.write(row)
+        self._loggers.log("eval", row, s.step)
         s.last_eval = [s.step, ev.return_mean, ev.return_std]
         result.evals.append((s.step, ev.return_mean, ev.return_std))
         s.pending_eval = False
