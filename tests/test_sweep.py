@@ -67,6 +67,9 @@ seeds: 2
     (BASIC + "sedes: 3\n", "sedes", "unknown field"),
     ("presets: [mrq_small]\nenvs: [cartpole]\n", "envs[0]", "no prefix"),
     ("presets: [mrq_small]\nenvs: [foo:bar]\n", "envs[0]", "unknown env prefix"),
+    # the task itself, before Ray starts (it used to pass --dry-run and fail each run at run time)
+    ("presets: [mrq_small]\nenvs: [gym:Hopper-v5, gym:NoSuchEnv-v0]\n", "envs[1]", "unknown gymnasium id"),
+    ("presets: [mrq_small]\nenvs: [dmc:cheetah-rn]\n", "envs[0]", "cheetah-rn"),
     ("presets: [mrq_small, nope_preset]\nenvs: [gym:Hopper-v5]\n", "presets[1]", "nope_preset"),
     ("presets: [missing/variant.yaml]\nenvs: [gym:Hopper-v5]\n", "presets[0]", "no such file"),
     (BASIC + "set: {critic.num_memberz: 3}\n", "presets[0]", "num_memberz"),
@@ -427,3 +430,26 @@ def test_imports_register_user_components_for_every_run(tmp_path, monkeypatch, c
     one_line_error("imports: [my_plugin, broken_plugin]\n",
                    "imports[1]: critic 'flat_critic' (from broken_plugin) breaks mrsq's critic contract",
                    subprocess_=True)
+
+
+def test_plain_display_prints_a_progress_line_per_running_run_every_interval(monkeypatch, capsys):
+    """Without a terminal (a log file, a cluster job) state changes alone said nothing for hours:
+    each running run gets step, steps/s, last return and ETA every `every` seconds."""
+    from types import SimpleNamespace
+
+    clock = [1000.0]
+    monkeypatch.setattr(sweep.time, "monotonic", lambda: clock[0])
+    run = SimpleNamespace(folder="gym-Hopper-v5/mrq_small/seed0", steps=30_000, step=0, state="running",
+                          last_return=None, error=None)
+    display = sweep.Display(SimpleNamespace(runs=[run]), fancy=False, every=60)
+    assert capsys.readouterr().err.count("\n") == 1  # the state line
+    run.step, run.last_return, clock[0] = 1_200, 57.5, 1030.0
+    display.update(run)
+    assert capsys.readouterr().err == ""  # not yet a minute
+    run.step, clock[0] = 3_000, 1060.0
+    display.update(run)
+    line = capsys.readouterr().err.strip()
+    assert "3000/30000" in line and "return 57.5" in line and "50.0 steps/s" in line and "ETA 9m00s" in line
+    run.state = "done"
+    display.update(run)
+    assert capsys.readouterr().err.count("\n") == 1

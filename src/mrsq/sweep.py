@@ -172,7 +172,7 @@ def _error(file: Path, where: str, message: str) -> SweepError:
 def load_sweep(file: str | Path, out: str | Path | None = None) -> Sweep:
     """Read, validate and expand a sweep file: every preset loads with its overrides on every env."""
     from mrsq import specs
-    from mrsq.envs import EnvError, parse_env_id
+    from mrsq.envs import EnvError, make_env, parse_env_id
     from mrsq.registry import RegistryError
 
     file = Path(file)
@@ -213,6 +213,7 @@ def load_sweep(file: str | Path, out: str | Path | None = None) -> Sweep:
     for i, env in enumerate(config.envs):
         try:
             parse_env_id(env)
+            make_env(env, 0).close()  # the task itself (an unknown gym id, a dm_control typo), before Ray
         except EnvError as exc:
             raise _error(file, f"envs[{i}]", str(exc)) from None
         name = _dirname(env)
@@ -484,8 +485,10 @@ class Display:
     """An overall tqdm bar and one line per run on a terminal; otherwise one plain line per run
     state change."""
 
-    def __init__(self, sweep: Sweep, fancy: bool) -> None:
+    def __init__(self, sweep: Sweep, fancy: bool, every: float = 60.0) -> None:
         self.sweep, self.fancy = sweep, fancy
+        self.every = every  # plain mode: a progress line per running run this often (seconds)
+        self.rates: dict[str, tuple[float, int]] = {}  # folder -> (time, step) of its last progress line
         self.width = max(len(r.folder) for r in sweep.runs)
         self.shown: dict[str, tuple] = {}
         self.total = sum(r.steps for r in sweep.runs)
@@ -516,14 +519,37 @@ class Display:
                 self.done_steps = done
         elif self.shown.get(r.folder) != (r.state,):
             self.shown[r.folder] = (r.state,)
+            self.rates[r.folder] = (time.monotonic(), r.step)
             print(f"mrsq: {self.line(r)}" + (f"  ({r.error})" if r.error and r.state in ("failed", "diverged", "retrying") else ""),
                   file=sys.stderr, flush=True)
+        elif r.state in ("running", "resumed") or r.state.startswith("retry"):
+            self._progress_line(r)
+
+    def _progress_line(self, r: Run) -> None:
+        """Without a terminal: step, steps/s since the last line, last return and ETA of a
+        running run, every ``every`` seconds (state changes alone would say nothing for hours)."""
+        now = time.monotonic()
+        then, step = self.rates.get(r.folder, (now, r.step))
+        if now - then < self.every:
+            return
+        rate = (r.step - step) / max(now - then, 1e-9)
+        left = max(r.steps - r.step, 0)
+        eta = _fmt_duration(left / rate) if rate > 0 else "-"
+        self.rates[r.folder] = (now, r.step)
+        print(f"mrsq: {self.line(r)}  {rate:.1f} steps/s  ETA {eta}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.fancy:
             for bar in self.lines.values():
                 bar.close()
             self.bar.close()
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def summary(sweep: Sweep) -> str:
@@ -595,7 +621,7 @@ def _capacity(ray, sweep: Sweep) -> int:
 
 
 def execute(sweep: Sweep, address: str | None = None, max_parallel: int | None = None,
-            progress: bool = True) -> int:
+            progress: bool = True, progress_every: float = 60.0) -> int:
     """Run what is not complete; 0 when every run completed, 1 when any failed or diverged, 130
     when stopped by Ctrl-C or SIGTERM."""
     todo = [r for r in sweep.runs if r.start in ("fresh", "resume")]
@@ -620,7 +646,7 @@ def execute(sweep: Sweep, address: str | None = None, max_parallel: int | None =
         res = sweep.config.resources
         task = ray.remote(run_train).options(num_cpus=res.cpus, num_gpus=res.gpus, max_retries=0)
         write_sweep_json(sweep)
-        display = Display(sweep, fancy=progress and sys.stderr.isatty())
+        display = Display(sweep, fancy=progress and sys.stderr.isatty(), every=progress_every)
         pending = collections.deque(todo)
         inflight: dict[Any, Run] = {}
 
@@ -743,6 +769,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                             "`retries`, else 2)")
     p.add_argument("--dry-run", action="store_true", help="print the runs and what each would do; start nothing")
     p.add_argument("--no-progress", action="store_true", help="plain lines instead of progress bars")
+    p.add_argument("--progress-every", type=float, default=60.0, metavar="SECONDS",
+                   help="plain lines (--no-progress, or no terminal): a line per running run this often, with its "
+                        "steps/s and ETA (default 60)")
 
 
 def main(args) -> int:
@@ -773,7 +802,10 @@ def main(args) -> int:
     counts = collections.Counter(r.start for r in sweep.runs)
     print(f"mrsq: sweep {sweep.file}: {n} run{'s' * (n != 1)} ({counts['fresh']} to start, {counts['resume']} to resume, "
           f"{counts['skip']} complete) -> {sweep.out}/", file=sys.stderr, flush=True)
-    return execute(sweep, args.address, args.max_parallel, progress=not args.no_progress)
+    if args.progress_every <= 0:
+        raise SweepError(f"--progress-every {args.progress_every}: must be positive (seconds)")
+    return execute(sweep, args.address, args.max_parallel, progress=not args.no_progress,
+                   progress_every=args.progress_every)
 
 
 def _standalone(argv: list[str] | None = None) -> int:
