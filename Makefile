@@ -10,6 +10,8 @@ DEMO_PRESET ?= mrq_small
 DEMO_ENV    ?= dmc:cartpole-swingup
 DEMO_STEPS  ?= 10000
 DEMO_OUT    ?= runs/demo
+# `make demo THREADS=1`: torch threads of the demo run (default: torch's choice, all cores)
+THREADS     ?=
 
 .PHONY: install demo test test-fast bench clean
 
@@ -28,8 +30,9 @@ demo: install
 	@if [ -d $(DEMO_OUT) ]; then echo "make demo: replacing the previous demo run in $(DEMO_OUT)/"; fi
 	@rm -rf $(DEMO_OUT)
 	$(VENV)/bin/mrsq train $(DEMO_PRESET) --env $(DEMO_ENV) --steps $(DEMO_STEPS) --eval-every 2000 \
-		--eval-episodes 5 --out $(DEMO_OUT)
-	@echo "Results: $(DEMO_OUT)/eval.csv (returns), $(DEMO_OUT)/train.csv (losses, steps/s),"
+		--eval-episodes 5 --out $(DEMO_OUT) $(if $(THREADS),--threads $(THREADS))
+	$(VENV)/bin/mrsq plot $(DEMO_OUT) --out $(DEMO_OUT)/curves.png
+	@echo "Results: $(DEMO_OUT)/eval.csv (returns), $(DEMO_OUT)/curves.png (the curve), $(DEMO_OUT)/train.csv (losses, steps/s),"
 	@echo "         $(DEMO_OUT)/spec.yaml (resolved spec), $(DEMO_OUT)/checkpoint.pt"
 	@cat $(DEMO_OUT)/eval.csv
 

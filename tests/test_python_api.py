@@ -4,6 +4,8 @@ empty folder (the page promises this)."""
 from __future__ import annotations
 
 import re
+
+import numpy as np
 from pathlib import Path
 
 import pytest
@@ -53,3 +55,21 @@ def test_experiment_validates_and_stops_on_request(tmp_path):
             exp.evaluate(episodes=0)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_default_folder_is_created_only_by_training_and_load_leaves_nothing(tmp_path, monkeypatch):
+    import tempfile
+
+    from mrsq import Experiment
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # tempfile.gettempdir() answers tmp_path
+    exp = Experiment("mrq_small", env="fake:point2", steps=16, overrides={"warmup_steps": 10, "batch_size": 8, "train.eval_every": 16,
+                                                                         "train.eval_episodes": 1}, progress=False)
+    assert exp.out.parent == tmp_path and not exp.out.exists()
+    saved = exp.save(tmp_path / "agent.pt")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    loaded = Experiment.load(saved, progress=False)
+    loaded.act(np.zeros(4, np.float32), first=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no empty mrsq-* folder left behind
+    exp.train()
+    assert (exp.out / "eval.csv").is_file()

@@ -319,3 +319,23 @@ def test_set_with_another_component_type_replaces_the_mapping():
     spec = specs.load("mrsq_tqc_small", ["critic={num_quantiles: 7}"])
     assert spec.critic.type == "quantile_ensemble" and spec.critic.num_quantiles == 7
     assert spec.critic.hidden_dim == 128  # the preset's other critic fields are kept
+
+
+def test_partial_nested_mappings_get_the_same_typo_help_as_full_ones(tmp_path):
+    """`critic: {num_member: 5}` under `extends:` or `type:` names the default component's fields."""
+    for head in ("extends: td3", "type: td3"):
+        path = tmp_path / "v.yaml"
+        path.write_text(f"{head}\ncritic: {{num_member: 5}}\n")
+        with pytest.raises(specs.SpecError, match=r"critic\.num_member: unknown field; did you mean 'num_members'\? "
+                                                  r"\(allowed: .*num_members"):
+            specs.load(str(path))
+
+
+def test_a_variant_without_a_description_derives_one_from_its_parent(tmp_path):
+    path = tmp_path / "fewer.yaml"
+    path.write_text("extends: mrsq_small\ncritic: {num_members: 3}\naggregators: {planner: {type: mean}}\n"
+                    "train: {steps: 10}\n")
+    parent = specs.load("mrsq_small").description
+    assert specs.load(str(path)).description == f"{parent} [variant fewer: critic.num_members, aggregators.planner]"
+    path.write_text("extends: mrsq_small\ndescription: mine\ncritic: {num_members: 3}\n")
+    assert specs.load(str(path)).description == "mine"

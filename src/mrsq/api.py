@@ -13,6 +13,7 @@ checkpoints as ``mrsq train``, so ``mrsq plot``/``compare``/``eval`` and ``--res
 from __future__ import annotations
 
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -40,6 +41,12 @@ def _override_list(overrides: Mapping[str, Any] | Iterable[str] | None) -> list[
     return [str(item) for item in overrides]
 
 
+def _temporary_run_folder() -> Path:
+    """A fresh path under the temporary directory, not created: the run folder appears only if
+    training writes to it (loading a saved agent to evaluate it leaves nothing behind)."""
+    return Path(tempfile.gettempdir()) / f"mrsq-{uuid.uuid4().hex[:12]}"
+
+
 class Experiment:
     """Build an agent from a preset or YAML spec with overrides, train it, evaluate it, save it.
 
@@ -47,7 +54,9 @@ class Experiment:
         source: a preset name (``mrsq list preset``) or a YAML spec path.
         env, seed, steps: shortcuts for ``train.env``, ``train.seed``, ``train.steps``.
         overrides: ``{"critic.num_members": 5}`` or ``["critic.num_members=5"]``, as ``--set``.
-        out: the run folder (default: a new temporary folder).
+        out: the run folder (default: ``<temp dir>/mrsq-<random>``, e.g. /tmp/mrsq-3f9a..., created only
+            when :meth:`train` first writes to it; a full run there is ~10 MB per 100k steps of
+            replay: give ``out=`` to keep runs where you want them).
         imports: modules that register your own components (as ``--import``).
         progress: show progress bars.
     """
@@ -61,7 +70,7 @@ class Experiment:
             items = _override_list(overrides)
             items += [f"train.{k}={v}" for k, v in (("env", env), ("seed", seed), ("steps", steps)) if v is not None]
             spec = specs.load(source, items)
-            out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="mrsq-"))
+            out = Path(out) if out is not None else _temporary_run_folder()
             _trainer = Trainer(spec, out, progress=progress, preset=Path(str(source)).stem, imports=list(imports))
         self.trainer = _trainer
 
@@ -133,8 +142,7 @@ class Experiment:
             return cls(_trainer=Trainer.resume(path, progress=progress))
         payload = load_checkpoint(path)
         spec = specs.from_yaml(payload["spec"], where=f"{path} (spec)")
-        out = Path(tempfile.mkdtemp(prefix="mrsq-"))
-        exp = cls(_trainer=Trainer(spec, out, progress=progress))
+        exp = cls(_trainer=Trainer(spec, _temporary_run_folder(), progress=progress))  # nothing on disk until train()
         exp.agent.load_training_state(payload["agent"])
         exp.trainer.state.step = int(payload["step"])
         return exp

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
+import sys
 from importlib import metadata
 from typing import Any, Callable, Generic, Iterable, TypeVar
 
@@ -122,10 +124,16 @@ def import_module(path: str) -> None:
     if not path or path.startswith(".") or not all(part.isidentifier() for part in path.split(".")):
         raise RegistryError(f"--import {path!r}: give an absolute module name such as my_pkg.components "
                             "(importable: on PYTHONPATH or installed)")
+    # the current folder first, as `python -m` and a plain `python` session would have it (the
+    # `mrsq` console script does not), so `--import my_module` finds ./my_module.py
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
     try:
         importlib.import_module(path)
     except ImportError as exc:
-        raise RegistryError(f"--import {path}: cannot import it ({exc}); it must be on PYTHONPATH or installed") from None
+        raise RegistryError(f"--import {path}: cannot import it ({exc}); it must be in the current folder, on "
+                            "PYTHONPATH or installed") from None
     except Exception as exc:  # noqa: BLE001 - the user's module raised while importing: one line, naming it
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
         raise RegistryError(f"--import {path}: the module raised {type(exc).__name__} while importing"

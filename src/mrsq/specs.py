@@ -144,6 +144,9 @@ def _allowed_fields(root: type[BaseModel] | None, data: Any, loc: tuple) -> str:
         marker = next((m for m in field.metadata if isinstance(m, _Component)), None)
         if marker is not None:
             kind = data.get("type") if isinstance(data, dict) else data
+            if kind is None:  # a partial mapping ({num_member: 5}): the field's default component
+                default = field.get_default(call_default_factory=True)
+                kind = default.get("type") if isinstance(default, dict) else getattr(default, "type", None)
             model = marker.registry.spec(kind) if kind in marker.registry else None
         elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
             model = field.annotation
@@ -232,16 +235,38 @@ def resolve_source(source: str | Path, _seen: tuple[str, ...] = ()) -> dict:
     if source in PRESETS:
         path = PRESETS.get(source)
     elif not (path.suffix in (".yaml", ".yml") or path.exists()):
+        from mrsq.registry import AGENTS
+
+        if source in AGENTS:  # a registered agent without a preset (a user's own): its spec's defaults
+            return {"type": source}
         try:
             PRESETS.get(source)
         except UnknownComponentError as exc:
-            raise SpecError(f"{exc}; or give a path to a .yaml file") from None
+            raise SpecError(f"{exc}; or give a path to a .yaml file, or a registered agent's name") from None
     data = read_yaml(path)
     parent = data.pop("extends", None)
     if parent is None:
         return data
     base = resolve_source(_extends_source(parent, path), (*_seen, source))
-    return deep_merge(base, data)
+    merged = deep_merge(base, data)
+    if "description" not in data and isinstance(base.get("description"), str) and base["description"]:
+        # a variant that does not describe itself: the parent's words plus what it changes
+        changed = [k for k in _dotted_keys(data) if not k.startswith("train.")]
+        if changed:
+            merged["description"] = f"{base['description']} [variant {path.stem}: {', '.join(changed)}]"
+    return merged
+
+
+def _dotted_keys(data: dict, prefix: str = "") -> list[str]:
+    """``{"critic": {"num_members": 5}, "discount": 0.9} -> ["critic.num_members", "discount"]``
+    (a mapping with its own ``type`` counts as one key: it replaces the component)."""
+    keys = []
+    for key, value in data.items():
+        if isinstance(value, dict) and value and "type" not in value:
+            keys += _dotted_keys(value, f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
 
 
 def _extends_source(parent: Any, child: Path) -> str:

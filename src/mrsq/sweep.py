@@ -296,7 +296,9 @@ def _start_state(run: Run, expected: dict) -> str:
             found = None
         if isinstance(found, dict):
             expected = yaml.safe_load(yaml.safe_dump(expected))  # the same value types as the file
-            diff = _differences(expected, found)
+            # the description is words, not settings (and a variant's is derived, so it changes
+            # with how mrsq words it): never a reason to refuse a run folder
+            diff = [d for d in _differences(expected, found) if not d.startswith("description")]
             if diff:
                 raise SweepError(f"{path}: holds a run of another spec ({'; '.join(diff[:3])}); delete the folder "
                                  "or give another --out")

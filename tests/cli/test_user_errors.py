@@ -354,3 +354,24 @@ def test_the_same_plugins_fixed_pass_and_train(user_modules, mrsq_main):
         torch.set_num_threads(threads)
     assert code == 0, err
     assert json.loads((out / "run.json").read_text())["status"] == "done"
+
+
+@pytest.mark.slow
+def test_the_console_script_imports_from_the_current_folder_and_runs_an_agent_by_name(tmp_path):
+    """`mrsq` (the console script, which unlike `python -m` does not put the current folder on
+    sys.path) finds ./my_ddpg.py for --import, and a registered agent runs by its name."""
+    import re
+    import shutil
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "porting-ensemble-min.md").read_text()
+    module = re.search(r"```python\n# file: my_ddpg.py\n(.*?)```", doc, re.S).group(1)
+    (tmp_path / "my_ddpg.py").write_text(module)
+    script = shutil.which("mrsq", path=str(Path(sys.executable).parent))
+    env = {k: v for k, v in cli_env().items() if k != "PYTHONPATH"}
+    shown = subprocess.run([script, "show", "ddpg", "--import", "my_ddpg"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    assert "type: ddpg" in shown.stdout
+    code = subprocess.run([script, "show", "nope_agent"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert code.returncode == 2 and "registered agent's name" in code.stderr

@@ -31,6 +31,9 @@ def _make_raw(name: str):
     if name not in ids:
         close = difflib.get_close_matches(name, ids, n=3, cutoff=0.6)
         hint = f"; close gymnasium ids: {', '.join(close)}" if close else ""
+        if not close:  # perhaps the user's own env, registered by a module of theirs
+            hint = (f"; an env registered with gymnasium.register in your own module needs --import MODULE "
+                    f"(or `imports:` in a sweep file)")
         raise EnvError(f"unknown gymnasium id {name!r} (gym:{name}){hint}")
     try:
         return gymnasium.make(name)
