@@ -98,7 +98,7 @@ def plot_nchain(path, samples: int, trials: int, seed: int = 0, max_horizon: int
 
 
 def main(args) -> int:
-    from mrsq.cli import UsageError
+    from mrsq.errors import UsageError
 
     for name, least in (("actions", 2), ("horizon", 1), ("samples", 1), ("trials", 1)):
         value = getattr(args, name)

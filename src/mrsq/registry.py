@@ -71,18 +71,22 @@ class Registry(Generic[T]):
         return self._entry(name)[2]
 
     def names(self) -> list[str]:
+        load_builtins()
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        load_builtins()
         return name in self._entries
 
     def __iter__(self):
         return iter(self.names())
 
     def __len__(self) -> int:
+        load_builtins()
         return len(self._entries)
 
     def _entry(self, name: str) -> tuple[T, Any, str]:
+        load_builtins()
         try:
             return self._entries[name]
         except KeyError:
@@ -90,6 +94,27 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.family!r}, {self.names()})"
+
+
+_BUILTINS = {"loaded": False, "loading": False}
+
+
+def load_builtins() -> None:
+    """Register mrsq's own components (import :mod:`mrsq.components`) on the first lookup.
+
+    Why here and not at ``import mrsq`` or in :mod:`mrsq.specs`: ``import mrsq`` stays cheap (no
+    torch), any lookup in any registry sees the built-ins whoever imported what, and no module of
+    mrsq needs to import every component (``specs.validate`` did, which tied 28 modules into one
+    import circle). Registering (``add``) never triggers it, so the components' own imports
+    cannot recurse into it."""
+    if _BUILTINS["loaded"] or _BUILTINS["loading"]:
+        return
+    _BUILTINS["loading"] = True
+    try:
+        importlib.import_module("mrsq.components")
+        _BUILTINS["loaded"] = True
+    finally:
+        _BUILTINS["loading"] = False
 
 
 def unknown_message(family: str, name: str, known: list[str]) -> str:

@@ -327,9 +327,7 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
 # ---------------------------------------------------------------------------------- top level
 def validate(data: dict, where: str = "spec") -> Spec:
     """Validate a raw mapping as an agent spec (its ``type`` picks the agent)."""
-    from mrsq.registry import AGENTS
-
-    import mrsq.components  # noqa: F401  (registers the built-in components)
+    from mrsq.registry import AGENTS  # its first lookup registers the built-ins (registry.load_builtins)
 
     agent_type = data.get("type")
     if agent_type is None:

@@ -150,7 +150,7 @@ def _import_root(module: str) -> str | None:
 
 def _load_imports(file: Path, config: SweepFile) -> list[str]:
     """Import and contract-check ``imports``; return the folders they were found in."""
-    from mrsq.cli import UsageError, import_checked
+    from mrsq.errors import UsageError, import_checked
     from mrsq.registry import RegistryError
 
     roots = []
@@ -812,7 +812,8 @@ def main(args) -> int:
 
 def _standalone(argv: list[str] | None = None) -> int:
     """``python -m mrsq.sweep ...``: the same as ``mrsq sweep ...``."""
-    from mrsq.cli import UsageError, _user_errors
+    from mrsq.errors import UsageError
+    from mrsq.errors import user_errors as _user_errors
 
     p = argparse.ArgumentParser(prog="mrsq sweep", description="run a sweep of mrsq train runs on Ray")
     add_arguments(p)

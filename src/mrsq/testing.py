@@ -15,7 +15,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-import mrsq.components  # noqa: F401  (a user's test file may import only this module: register the built-ins)
 from mrsq.envs.base import Env, fill_with_random_actions
 from mrsq.registry import AGENTS, CRITICS, ENCODERS, ENVS, POLICIES
 
@@ -125,8 +124,7 @@ def check_policy(name_or_spec, input_dim: int = 16, action_dim: int = ACTION_DIM
 def _small_agent_spec(name_or_spec, overrides):
     """A registered agent's default spec made tiny (widths 32, batch 16, planner 32 samples) for
     a fast contract check; a spec object is used as given."""
-    import mrsq.components  # noqa: F401  (the built-in families, when only a user's module was imported)
-    from mrsq import specs
+    from mrsq import specs  # (the built-ins register on the first registry lookup)
 
     if not isinstance(name_or_spec, str):
         return name_or_spec
