@@ -38,7 +38,8 @@ def run_train(cmd: list[str], env: dict[str, str], log: str) -> dict:
     cmd = [sys.executable, *cmd]
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as log_file:
-        log_file.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} on {os.uname().nodename}: {' '.join(cmd)}\n")
+        log_file.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} on {os.uname().nodename} (Ray node "
+                       f"{_ray_node()}): {' '.join(cmd)}\n")
         log_file.flush()
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.PIPE,
                                 env=child_env, start_new_session=True,
@@ -67,6 +68,16 @@ def run_train(cmd: list[str], env: dict[str, str], log: str) -> dict:
             raise
         reader.join(timeout=5)
     return {"rc": rc, "tail": list(tail)}
+
+
+def _ray_node() -> str:
+    """The Ray node id this task runs on (several nodes may share a host name), or '-' outside Ray."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - only a label in the log
+        return "-"
 
 
 def _stop(proc: subprocess.Popen) -> None:
