@@ -287,6 +287,29 @@ class BangBang(Planner):
         return torch.full((self.action_dim,), 2.0)  # out of bounds
 ''', "fake:point2", "planner 'bang_bang' (from broken_planner) breaks mrsq's planner contract: "
                     "bang_bang: action [2.0, 2.0] outside [-1, 1]"),
+    "encoder": ('''
+from typing import Literal
+from mrsq.encoders.elu import EluEncoder, EluEncoderSpec
+from mrsq.registry import ENCODERS
+class S(EluEncoderSpec):
+    type: Literal["short_zs"] = "short_zs"
+@ENCODERS.register("short_zs", spec=S)
+class ShortZs(EluEncoder):
+    def zs(self, obs):
+        return super().zs(obs)[:, :-1]  # one latent unit short
+''', "fake:point2", "encoder 'short_zs' (from broken_encoder) breaks mrsq's encoder contract: short_zs: zs shape"),
+    "policy": ('''
+from typing import Literal
+from mrsq.policies.tanh import TanhPolicy, TanhPolicySpec
+from mrsq.registry import POLICIES
+class S(TanhPolicySpec):
+    type: Literal["nan_policy"] = "nan_policy"
+@POLICIES.register("nan_policy", spec=S)
+class NaNPolicy(TanhPolicy):
+    def forward(self, zs):
+        action, pre = super().forward(zs)
+        return action * float("nan"), pre
+''', "fake:point2", "policy 'nan_policy' (from broken_policy) breaks mrsq's policy contract"),
     "env": ('''
 import numpy as np
 from mrsq.registry import ENVS
