@@ -18,6 +18,7 @@ import mrsq.components  # noqa: F401
 from mrsq import specs
 from mrsq.compile import eager
 from mrsq.envs import make_env
+from mrsq.envs.base import fill_with_random_actions
 from mrsq.planners.sampling import trajectory_value
 from mrsq.replay import LAPReplay
 from mrsq.runtime import Runtime
@@ -42,12 +43,7 @@ def make(preset: str = "mrsq_small", *, precision: str = "fp32", compile: bool =
 
 def filled_replay(env, steps: int = 300, seed: int = 0, device: str = "cpu") -> LAPReplay:
     replay = LAPReplay(env.obs_dim, env.action_dim, capacity=1_000, horizon=5, seed=seed, device=device)
-    rng, obs = np.random.default_rng(seed), env.reset()
-    for _ in range(steps):
-        a = rng.uniform(-1, 1, env.action_dim).astype(np.float32)
-        nxt, r, term, trunc = env.step(a)
-        replay.add(obs, a, r, nxt, term, trunc)
-        obs = env.reset() if term or trunc else nxt
+    fill_with_random_actions(env, replay, steps, seed)
     return replay
 
 

@@ -186,16 +186,20 @@ def resolve(precision: Precision = "auto", compile: CompileChoice = "auto",
                    reasons={"precision": why, "compile": cwhy})
 
 
-def to_device(x, device: torch.device) -> torch.Tensor:
-    """A host array or tensor as float32 on ``device``. To a GPU it goes through pinned memory
-    with ``non_blocking=True``: a copy from pageable memory would make the host wait (the driver
+def host_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``. A host tensor bound for a GPU goes through pinned memory with
+    ``non_blocking=True``: a copy from pageable memory would make the host wait (the driver
     stages it synchronously), and pinned blocks come from PyTorch's caching host allocator, which
-    keeps a block until its copy has finished, so reusing it is safe. On the CPU: no copy at all
-    for a float32 numpy array."""
-    t = torch.as_tensor(x, dtype=torch.float32)
-    if device.type != "cuda" or t.device.type != "cpu":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
+    keeps a block until its copy has finished, so reusing it is safe."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def to_device(x, device: torch.device) -> torch.Tensor:
+    """A host array or tensor as float32 on ``device`` (:func:`host_to_device`); on the CPU no
+    copy at all for a float32 numpy array."""
+    return host_to_device(torch.as_tensor(x, dtype=torch.float32), device)
 
 
 def cuda_branch(precision: Literal["fp32", "bf16"] = "fp32") -> Runtime:

@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mrsq.runtime import host_to_device
+
 _CONFIG_KEYS = ("obs_dim", "action_dim", "capacity", "horizon")
 _ARRAY_KEYS = ("obs", "action", "reward", "next_obs", "terminated", "valid")
 _BOOKKEEPING_KEYS = (
@@ -69,25 +71,16 @@ class ReplayBatch:
     def to(self, device: torch.device | str, non_blocking: bool = False) -> ReplayBatch:
         """Return a copy with every tensor moved to ``device`` (itself if already there). From
         host memory to a GPU the copies go through pinned memory without blocking (see
-        :func:`_host_to_device`); ``non_blocking`` is kept for callers that pass it."""
+        :func:`mrsq.runtime.host_to_device`); ``non_blocking`` is kept for callers that pass it."""
         device = torch.device(device)
         if all(_same_device(getattr(self, f.name).device, device) for f in fields(self)):
             return self
-        moved = {f.name: _host_to_device(getattr(self, f.name), device) for f in fields(self)}
+        moved = {f.name: host_to_device(getattr(self, f.name), device) for f in fields(self)}
         return ReplayBatch(**moved)
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
     return a.type == b.type and (a.index == b.index or a.index is None or b.index is None)
-
-
-def _host_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``t`` on ``device``; a host tensor bound for a GPU goes through a pinned copy with
-    ``non_blocking=True`` (a copy from pageable memory makes the host wait; PyTorch's caching
-    host allocator keeps the pinned block until the copy has finished, so this is safe)."""
-    if device.type == "cuda" and t.device.type == "cpu":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
 
 
 def _require_int(name: str, value: Any, minimum: int) -> int:
@@ -307,7 +300,7 @@ class LAPReplay:
         index = torch.arange(start, self._num_added, device=self._device) % c  # made on the device: no sync
         for key in _ARRAY_KEYS:
             # a fancy-indexed numpy temporary is pageable memory: pinned before the async copy
-            rows = _host_to_device(torch.from_numpy(getattr(self, f"_{key}")[slots]), self._device)
+            rows = host_to_device(torch.from_numpy(getattr(self, f"_{key}")[slots]), self._device)
             getattr(self, f"_{key}_t").index_copy_(0, index, rows)
         self._synced = self._num_added
 

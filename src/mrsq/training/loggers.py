@@ -124,7 +124,6 @@ class WandB:
     def __init__(self, out: Path, hparams: dict, state: dict, project: str) -> None:
         import wandb
 
-        self.state = state
         if "id" not in state:
             state["id"] = uuid.uuid4().hex[:12]  # W&B run ids: lowercase letters and digits
         mode = wandb_mode()

@@ -340,17 +340,16 @@ class Trainer:
         row's columns included; returning ``False`` stops the run as SIGTERM does (final
         checkpoint, complete CSVs, resumable), e.g. for early stopping."""
         self._callback = callback
-        t, s = self.spec.train, self.state
         self.out.mkdir(parents=True, exist_ok=True)
         if self._lock is None:  # one writer per run folder (RunLockedError before any write)
             self._lock = run_lock.acquire(self.out, lambda line: print(f"mrsq: warning: {line}", file=sys.stderr))
         try:
-            return self._run(callback)
+            return self._run()
         finally:
             self._lock.release()
             self._lock = None
 
-    def _run(self, callback) -> RunResult:
+    def _run(self) -> RunResult:
         t, s = self.spec.train, self.state
         fresh = self.resumed_from is None
         if fresh:
@@ -698,8 +697,7 @@ def _validate_resume_state(payload: dict, path: Path) -> None:
 def _validate_resumable(payload: dict, path: Path) -> None:
     """Reject (CheckpointError) a checkpoint that cannot be resumed: written without resume
     state, or whose replay segments are missing or damaged."""
-    if "resume" not in payload:
-        raise CheckpointError(f"{path}: written by an mrsq without resume state (evaluate it with mrsq eval)")
+    _validate_resume_state(payload, path)
     try:
         loop = json.loads(payload["resume"]["loop"])
         segments = loop["segments"]
