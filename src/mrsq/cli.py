@@ -217,7 +217,15 @@ def _default_out(source: str, spec) -> Path:
 def cmd_show(args) -> int:
     from mrsq import specs
 
-    sys.stdout.write(specs.to_yaml(_load_spec(args)))
+    spec = _load_spec(args)
+    if spec.unresolved():  # env-dependent defaults: their values for train.env (what a run would use)
+        from mrsq.envs import make_env, parse_env_id
+
+        parse_env_id(spec.train.env)
+        check_user_env(spec.train.env)
+        with make_env(spec.train.env, spec.train.seed) as env:
+            spec = spec.for_env(env)
+    sys.stdout.write(specs.to_yaml(spec))
     return 0
 
 
@@ -361,6 +369,10 @@ def cmd_diagnose(args) -> int:
     from mrsq import diagnose
 
     _set_threads(args.threads)
+    one_shot = args.analysis == "overestimation"
+    for name, nchain, over in (("horizon", 3, 1), ("samples", 16, 64), ("trials", 1000, 500)):
+        if getattr(args, name) is None:
+            setattr(args, name, over if one_shot else nchain)
     return diagnose.main(args)
 
 
@@ -391,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_arguments(p)
     p.set_defaults(func=sweep.main)
 
-    p = sub.add_parser("show", help="print the fully resolved spec")
+    p = sub.add_parser("show", help="print the fully resolved spec (env-dependent defaults for train.env / --env)")
     _add_spec_args(p)
     p.set_defaults(func=cmd_show)
 
@@ -436,16 +448,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch threads while counting")
     p.set_defaults(func=cmd_frontier)
 
-    p = sub.add_parser("diagnose", help="the paper's analyses; `nchain`: random-shooting search on the N-chain")
-    p.add_argument("analysis", choices=["nchain"])
-    p.add_argument("--actions", type=int, default=4, help="A: choices per step")
-    p.add_argument("--horizon", type=int, default=3, help="n: chain length (= search horizon)")
-    p.add_argument("--samples", type=int, default=16, help="m: sequences sampled per search")
-    p.add_argument("--trials", type=int, default=1000, help="independent searches")
+    p = sub.add_parser("diagnose", help="the paper's analyses. nchain: search on the N-chain (random shooting, or "
+                                        "--planner); overestimation: a search's bias where the true values are exact")
+    p.add_argument("analysis", choices=["nchain", "overestimation"])
+    p.add_argument("--planner", default="random_shooting", help="the search (a registered planner: random_shooting, "
+                                                                "mppi, cem, icem, ...)")
+    p.add_argument("--set", dest="planner_set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="a planner spec field, e.g. --set iterations=3 (repeatable)")
+    p.add_argument("--actions", type=int, default=4, help="nchain: A, choices per step")
+    p.add_argument("--horizon", type=int, default=None, help="n: chain length = search horizon (nchain, default 3); "
+                                                             "overestimation: planning horizon (default 1)")
+    p.add_argument("--samples", type=int, default=None, help="m: sequences sampled per search (per iteration for "
+                                                             "iterative planners; default nchain 16, overestimation 64)")
+    p.add_argument("--trials", type=int, default=None, help="independent searches (default nchain 1000, "
+                                                            "overestimation 500)")
+    p.add_argument("--members", type=int, default=10, help="overestimation: K, critics in the ensemble")
+    p.add_argument("--aggregator", default="min", help="overestimation: the planner's aggregator over the K members, "
+                                                       "a name or a YAML mapping: mean, min, '{type: min_of_k, k: 2}', "
+                                                       "'{type: mean_minus_std, beta: 1}'")
+    p.add_argument("--noise", type=float, default=1.0, help="overestimation: std of each member's error")
+    p.add_argument("--truth", choices=["flat", "quadratic"], default="flat",
+                   help="overestimation: flat (every plan worth 0; the one-shot case has an exact expectation) or "
+                        "quadratic (rewards -||a - 0.3||^2 / A: a regret to pay)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="one JSON object: empirical, analytic, ci_low, ci_high, trials")
+    p.add_argument("--table", action="store_true", help="nchain: every A in {2, 4, 10} and n in 1..10 for --planner, "
+                                                        "beside the formula at the same evaluations")
+    p.add_argument("--json", action="store_true", help="JSON instead of text")
     p.add_argument("--threads", type=int, metavar="N", help="torch threads (default: torch's choice)")
-    p.add_argument("--plot", metavar="FILE.png", help="also plot success vs horizon for A in {2, 4, 10} (same m, trials)")
+    p.add_argument("--plot", metavar="FILE.png", help="nchain: success vs horizon for A in {2, 4, 10}; "
+                                                      "overestimation: the two-panel study (and FILE.json)")
     p.set_defaults(func=cmd_diagnose)
 
     p = sub.add_parser("bench", help="benchmarks that print figures (ms, GFLOP, GFLOP/s, ceiling)")

@@ -1,5 +1,6 @@
-"""``mrsq diagnose nchain``: how often random-shooting search finds the one rewarded sequence of
-an N-chain (the paper's Figure 2).
+"""``mrsq diagnose nchain``: how often a search finds the one rewarded sequence of an N-chain
+(the paper's Figure 2), for random shooting and, with ``--planner``, any registered planner
+beside the random-shooting formula at the same number of model evaluations.
 
 With ``A`` choices per step, ``n`` steps and ``m`` uniformly sampled sequences, at least one
 sequence is the rewarded one with probability ``1 - (1 - A^-n)^m``. The empirical rate comes from
@@ -8,6 +9,14 @@ sequence is the rewarded one with probability ``1 - (1 - A^-n)^m``. The empirica
 :func:`~mrsq.planners.sampling.trajectory_value` on the true model
 (:class:`~mrsq.envs.nchain.NChainModel`); a search succeeds when its best sequence earns the
 reward. The interval is the exact (Clopper-Pearson) 95% binomial interval.
+
+Another planner (``--planner mppi``, ``cem``, ``icem``) searches the same true model once per
+trial from the chain's start, with no policy rollouts (the chain's policy is a blind 0), and
+succeeds when the sequence it would execute earns the reward; its model evaluations per search
+are counted (``evaluations_per_action``: every sequence scored, over all iterations), and the
+formula is evaluated at that count: what random shooting would reach with the same budget.
+
+``mrsq diagnose overestimation`` (:mod:`mrsq.overestimation`) is the other analysis.
 """
 
 from __future__ import annotations
@@ -58,12 +67,55 @@ def search_successes(num_actions: int, horizon: int, samples: int, trials: int, 
     return found
 
 
-def nchain_report(num_actions: int, horizon: int, samples: int, trials: int, seed: int = 0) -> dict:
-    k = search_successes(num_actions, horizon, samples, trials, seed)
+@torch.no_grad()
+def planner_successes(planner: str, num_actions: int, horizon: int, samples: int, trials: int, seed: int = 0,
+                      fields: dict | None = None) -> tuple[int, int]:
+    """``(successes, model evaluations per search)`` of ``trials`` searches by ``planner``
+    (``samples`` sequences per iteration, ``fields`` more of its spec) over the true chain."""
+    from mrsq.overestimation import Setting, build_planner
+
+    torch.manual_seed(seed)
+    env = NChainEnv(num_actions, horizon)
+    model = NChainModel(env.target, num_actions)
+    built = build_planner(Setting(planner=planner, samples=samples, horizon=horizon, action_dim=1,
+                                  planner_fields=fields))
+    obs = torch.as_tensor(env.reset())[None]
+    z0 = model.encode(obs)
+    found = 0
+    for _ in range(trials):
+        built.reset()
+        built.plan(model, obs, first=True, explore=False)
+        found += int(trajectory_value(model, z0, built.last_sequence[None])[0, 0] > 0.5)
+    evaluations = built.evaluations_per_action() if hasattr(built, "evaluations_per_action") else samples
+    return found, evaluations
+
+
+def nchain_report(num_actions: int, horizon: int, samples: int, trials: int, seed: int = 0,
+                  planner: str = "random_shooting", fields: dict | None = None) -> dict:
+    if planner == "random_shooting" and not fields:
+        k, evaluations = search_successes(num_actions, horizon, samples, trials, seed), samples
+    else:
+        k, evaluations = planner_successes(planner, num_actions, horizon, samples, trials, seed, fields)
     low, high = binomial_interval(k, trials)
-    return {"actions": num_actions, "horizon": horizon, "samples": samples, "trials": trials, "seed": seed,
-            "successes": k, "empirical": k / trials, "analytic": analytic_success(num_actions, horizon, samples),
-            "ci_low": low, "ci_high": high}
+    return {"planner": planner, "actions": num_actions, "horizon": horizon, "samples": samples,
+            "evaluations": evaluations, "trials": trials, "seed": seed, "successes": k, "empirical": k / trials,
+            "analytic": analytic_success(num_actions, horizon, evaluations), "ci_low": low, "ci_high": high}
+
+
+def nchain_table(planners, samples: int, trials: int, seed: int = 0, actions=(2, 4, 10), max_horizon: int = 10,
+                 fields: dict | None = None) -> tuple[list[dict], str]:
+    """Every planner's success rate for A in ``actions`` and n in 1..``max_horizon`` beside the
+    random-shooting formula at its evaluation count -> (rows, markdown table)."""
+    rows = [nchain_report(a, n, samples, trials, seed, planner, fields)
+            for planner in planners for a in actions for n in range(1, max_horizon + 1)]
+    lines = ["| planner | A | evals | " + " | ".join(f"n={n}" for n in range(1, max_horizon + 1)) + " |",
+             "|---|---|---|" + "---|" * max_horizon]
+    for planner in planners:
+        for a in actions:
+            cells = [r for r in rows if r["planner"] == planner and r["actions"] == a]
+            lines.append(f"| {planner} | {a} | {cells[0]['evaluations']} | " + " | ".join(
+                f"{r['empirical']:.2f} ({r['analytic']:.2f})" for r in cells) + " |")
+    return rows, "\n".join(lines)
 
 
 def plot_nchain(path, samples: int, trials: int, seed: int = 0, max_horizon: int = 12,
@@ -100,19 +152,42 @@ def plot_nchain(path, samples: int, trials: int, seed: int = 0, max_horizon: int
 def main(args) -> int:
     from mrsq.errors import UsageError
 
+    if args.analysis == "overestimation":
+        from mrsq import overestimation
+
+        return overestimation.main(args)
+    from mrsq.registry import PLANNERS, unknown_message
+
+    import mrsq.planners  # noqa: F401  (registration)
+
+    if args.planner not in PLANNERS:
+        raise UsageError(f"--planner: {unknown_message('planner', args.planner, PLANNERS.names())}")
     for name, least in (("actions", 2), ("horizon", 1), ("samples", 1), ("trials", 1)):
         value = getattr(args, name)
         if value < least:
             raise UsageError(f"--{name} must be at least {least} (got {value})")
-    report = nchain_report(args.actions, args.horizon, args.samples, args.trials, args.seed)
+    fields = _planner_fields(args.planner_set)
+    if args.table:
+        from pydantic import ValidationError
+
+        try:
+            rows, table = nchain_table([args.planner], args.samples, args.trials, args.seed, fields=fields)
+        except ValidationError as exc:
+            from mrsq.overestimation import validation_message
+
+            raise UsageError(f"--planner {args.planner} / --set: {validation_message(exc)}") from None
+        print(json.dumps(rows) if args.json else table)
+        return 0
+    report = _checked(nchain_report, args, fields)
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"N-chain A={args.actions} n={args.horizon}, random shooting with m={args.samples} sequences, "
-              f"{args.trials} trials (seed {args.seed})")
+        print(f"N-chain A={args.actions} n={args.horizon}, {args.planner} with m={args.samples} sequences per "
+              f"iteration ({report['evaluations']} model evaluations per search), {args.trials} trials (seed {args.seed})")
         print(f"  empirical {report['empirical']:.4g}  ({report['successes']}/{args.trials}, "
               f"95% CI [{report['ci_low']:.4g}, {report['ci_high']:.4g}])")
-        print(f"  analytic  {report['analytic']:.4g}  = 1 - (1 - {args.actions}^-{args.horizon})^{args.samples}")
+        print(f"  random shooting at {report['evaluations']} evaluations: {report['analytic']:.4g}  "
+              f"= 1 - (1 - {args.actions}^-{args.horizon})^{report['evaluations']}")
     if args.plot:
         from pathlib import Path
 
@@ -121,3 +196,30 @@ def main(args) -> int:
         plot_nchain(out, args.samples, args.trials, args.seed)
         print(f"mrsq: wrote {out}")
     return 0
+
+
+def _planner_fields(items) -> dict | None:
+    import yaml
+
+    from mrsq.errors import UsageError
+
+    fields = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--set {item!r}: write FIELD=VALUE (a planner field, e.g. num_elites=16)")
+        fields[key.strip()] = yaml.safe_load(value)
+    return fields or None
+
+
+def _checked(fn, args, fields):
+    from pydantic import ValidationError
+
+    from mrsq.errors import UsageError
+
+    try:
+        return fn(args.actions, args.horizon, args.samples, args.trials, args.seed, args.planner, fields)
+    except ValidationError as exc:
+        from mrsq.overestimation import validation_message
+
+        raise UsageError(f"--planner {args.planner} / --set: {validation_message(exc)}") from None

@@ -34,21 +34,30 @@ class MLP(nn.Module):
     """Linear layers with LN+activation (activation only without ``layer_norm``) after every
     hidden layer; the output layer is linear.
 
-    ``dims = [in, h1, ..., out]``. Shapes: ``[..., in] -> [..., out]``.
+    ``dims = [in, h1, ..., out]``. Shapes: ``[..., in] -> [..., out]``. ``affine``: the hidden
+    layer norms have a learnable per-feature scale (init 1) and shift (init 0), as TD-MPC2's
+    ``NormedLinear``; without it (MR.Q) they only normalise.
     """
 
-    def __init__(self, dims: Sequence[int], act: str = "elu", layer_norm: bool = True) -> None:
+    def __init__(self, dims: Sequence[int], act: str = "elu", layer_norm: bool = True, affine: bool = False) -> None:
         super().__init__()
         self.layers = nn.ModuleList(init_linear_(nn.Linear(a, b)) for a, b in zip(dims[:-1], dims[1:]))
         self.act = activation(act)
         self.layer_norm = layer_norm
+        # only when asked: MR.Q's modules keep exactly MR.Q's parameters (and old checkpoints load)
+        if layer_norm and affine:
+            self.norms = nn.ModuleList(nn.LayerNorm(d) for d in dims[1:-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers[:-1]:
+        norms = getattr(self, "norms", None)
+        for i, layer in enumerate(self.layers[:-1]):
             # matmul, then the bias: compiled, the add fuses into the LN + activation kernel
             # instead of addmm's copy of the broadcast bias into the output
             x = F.linear(x, layer.weight) + layer.bias
-            x = ln_act(x, self.act) if self.layer_norm else self.act(x)
+            if norms is not None:
+                x = self.act(F.layer_norm(x, x.shape[-1:], norms[i].weight, norms[i].bias))
+            else:
+                x = ln_act(x, self.act) if self.layer_norm else self.act(x)
         return self.layers[-1](x)
 
 

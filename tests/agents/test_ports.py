@@ -207,14 +207,15 @@ def test_tdmpc2_state_encoder_learns_at_the_scaled_rate():
 
 
 def test_tdmpc2_first_update_runs_the_pretraining_burst():
-    """TD-MPC2 does one update per seed transition when seeding ends, then one per step."""
+    """TD-MPC2 does seed_steps updates when seeding ends, then one per step. The loop's first
+    update comes with warmup + 1 transitions stored, so the burst is replay.size - 1 updates."""
     agent, replay = agent_for("tdmpc2")
     agent.training_steps = 0  # as in a real run (agent_for's prepare() marks the burst done, as benches need)
     param = next(agent.critic.parameters())
     agent.update(replay)
-    assert int(agent.model_optim.state[param]["step"]) == replay.size
+    assert int(agent.model_optim.state[param]["step"]) == replay.size - 1
     agent.update(replay)
-    assert int(agent.model_optim.state[param]["step"]) == replay.size + 1
+    assert int(agent.model_optim.state[param]["step"]) == replay.size
 
 
 def test_tdmpc2_critic_dropout_only_in_the_losses():

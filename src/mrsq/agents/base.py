@@ -43,9 +43,17 @@ class AgentSpec(Spec):
     """Fields every agent spec has. Subclasses add their networks and hyperparameters.
 
     ``MODEL_FREE`` (class constant): the agent has no latent model, so a search planner has
-    nothing to search; its spec then accepts only ``planner: policy``."""
+    nothing to search; its spec then accepts only ``planner: policy``.
+
+    ``ENV_DEFAULTS`` (class constant): fields whose default depends on the environment, by dotted
+    path, each with a function ``(spec, env) -> value`` (``env`` an :class:`mrsq.envs.Env`, or
+    None where no env is known); such a field takes ``"auto"``, which :meth:`for_env` replaces.
+    The training loop resolves them before it writes ``spec.yaml`` (a run folder's spec holds the
+    values used), and ``mrsq show`` against ``train.env``. Machine-dependent ``auto`` (precision,
+    compile) is different: it stays in ``spec.yaml`` and is resolved on each machine."""
 
     MODEL_FREE: ClassVar[bool] = False
+    ENV_DEFAULTS: ClassVar[dict[str, Any]] = {}
 
     description: str = ""
     planner: component(PLANNERS) = Field(default_factory=lambda: {"type": "policy"}, validate_default=True)
@@ -97,11 +105,41 @@ class AgentSpec(Spec):
                 raise ValueError(f"aggregators.{use}.drop ({agg.drop}) drops every atom: it must be below {what}")
         return self
 
+    def unresolved(self) -> list[str]:
+        """The :attr:`ENV_DEFAULTS` paths still set to ``"auto"``."""
+        return [path for path in self.ENV_DEFAULTS if _get_path(self, path) == "auto"]
+
+    def for_env(self, env) -> "AgentSpec":
+        """This spec with every env-dependent ``"auto"`` replaced by its value for ``env`` (None:
+        no env known, each default's documented fallback); values set explicitly are kept."""
+        paths = self.unresolved()
+        if not paths:
+            return self
+        data = self.model_dump()
+        for path in paths:
+            *parents, leaf = path.split(".")
+            node = data
+            for key in parents:
+                node = node[key]
+            node[leaf] = self.ENV_DEFAULTS[path](self, env)
+        return type(self).model_validate(data)
+
     @field_validator("compile", mode="before")
     @classmethod
     def _yaml_bool(cls, value):
         # YAML 1.1 reads a bare `on` / `off` as a boolean
         return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
+def _get_path(spec, path: str):
+    for key in path.split("."):
+        spec = getattr(spec, key)
+    return spec
+
+
+def env_suite(env) -> str | None:
+    """The prefix of ``env``'s id (``"gym"``, ``"dmc"``, ...), None without an env."""
+    return None if env is None else str(env.env_id).partition(":")[0]
 
 
 def require(registry, spec, capability: str, why: str):
@@ -159,6 +197,8 @@ class Agent(nn.Module):
 
     def __init__(self, spec: AgentSpec, obs_dim: int, action_dim: int, runtime: rt.Runtime | None = None) -> None:
         super().__init__()
+        # built without an env (a test, a user's script): env-dependent defaults take their fallbacks
+        spec = spec.for_env(None)
         self.spec, self.obs_dim, self.action_dim = spec, obs_dim, action_dim
         self.runtime = runtime or rt.resolve(spec.precision, spec.compile, "cpu")
         self.bf16 = self.runtime.bf16

@@ -150,6 +150,11 @@ class _PlanningView:
     def episodic(self) -> bool:
         return self.agent.env_terminates
 
+    @property
+    def stochastic_value(self) -> bool:
+        # the policy is deterministic: only an aggregator that draws per call makes values random
+        return self.agent.planner_aggregate.draws_per_call
+
     def step(self, z, a):
         done, next_z, reward_logits = self.nets.encoder.model_all(z, a.to(self.dtype))
         return self.agent.two_hot.decode(reward_logits.float()), done.float().clamp(0, 1), next_z

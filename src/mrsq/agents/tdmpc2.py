@@ -16,7 +16,7 @@ H = 3 transitions:
    encoder), and ``y_t = r_t + gamma (1 - d_t) Qbar_agg(z'_t, a'), a' ~ pi(z'_t)`` (target critics,
    no dropout).
 2. Roll the dynamics from ``z_0 = f(s_0)`` with the stored actions. Losses, each step weighted by
-   ``rho^t`` (0.5) and divided by H: consistency ``||z_hat_{t+1} - z'_t||^2`` (mean over the latent),
+   ``rho^t`` (rho 0.5 on DMC, 0.7 on Gym, as TD-MPC2's env settings) and divided by H: consistency ``||z_hat_{t+1} - z'_t||^2`` (mean over the latent),
    reward and value as soft cross-entropies against the two-hot targets (value: every member, at
    the predicted latents ``z_hat_t``, with the critics' dropout, averaged over members);
    termination (when the env terminates) binary cross-entropy, a plain mean. Total
@@ -29,8 +29,14 @@ H = 3 transitions:
    step's Q over the batch. Adam (eps 1e-5), grad norm clipped at 20.
 4. Soft update of the target critics (tau 0.01).
 
-When the warm-up ends, the first ``update`` runs one update per stored transition first
-(TD-MPC2's burst when seeding ends; ``pretrain: false`` skips it).
+When the warm-up ends (``max(1000, 5 x episode length)`` random steps: 2,500 on DMC, 5,000 on
+Gym), the first ``update`` is a burst of as many updates as warm-up transitions (TD-MPC2's
+pretraining when seeding ends; ``pretrain: false`` skips it). Every layer norm of the networks
+(hidden layers and the SimNorm blocks) has a learnable scale and shift, as TD-MPC2's
+``nn.LayerNorm``; MR.Q's have none, and mrsq's ``mrq`` keeps it that way. The planner re-scores
+the policy's trajectories at every MPPI iteration with that iteration's drawn critic pair and
+terminal-action sample, as TD-MPC2 scores all 512 sequences each time
+(``rescore_policy_trajectories: auto``: the value of a sequence is random here).
 
 Deliberate deviations (also in docs/design.md):
 
@@ -44,20 +50,22 @@ Deliberate deviations (also in docs/design.md):
 * Windows never cross a termination: steps after a terminal transition are masked out of every
   loss (TD-MPC2 samples sub-trajectories of whole episodes).
 * The discount is the spec's ``discount`` (0.99 here and for every agent) rather than TD-MPC2's
-  episode-length heuristic (which gives 0.99 for 500-step episodes and 0.995 for 1000-step ones).
+  episode-length heuristic; on the tasks mrsq runs the two agree: the heuristic gives 0.99 for
+  DMC's 500-step episodes, and TD-MPC2's Gym path caps it at 0.99 (envs/mujoco.py sets
+  ``discount_max = 0.99``), so 0.995 (its general cap, for 1000-step episodes) never applies.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from mrsq.agents.base import Agent, AgentSpec, alive_before, frozen, require
+from mrsq.agents.base import Agent, AgentSpec, alive_before, env_suite, frozen, require
 from mrsq.agents.spec import AggregatorChoice, ReplaySpec, Section
 from mrsq.compile import Compiled
 from mrsq.critics.aggregators import build_aggregator, draw_members
@@ -75,7 +83,16 @@ class TDMPC2Losses(Section):
     value: float = Field(0.1, ge=0)
     termination: float = Field(1.0, ge=0)
     entropy: float = Field(1e-4, ge=0, description="entropy coefficient of the policy loss")
-    rho: float = Field(0.5, gt=0, le=1, description="per-step decay of the loss weights over the horizon")
+    rho: float | Literal["auto"] = Field(
+        "auto", description="per-step decay of the loss weights over the horizon; auto: 0.7 on Gym (MuJoCo), "
+                            "0.5 elsewhere (TD-MPC2: config.yaml 0.5, envs/mujoco.py sets 0.7)")
+
+    @field_validator("rho")
+    @classmethod
+    def _in_unit_interval(cls, rho):
+        if rho != "auto" and not 0 < rho <= 1:
+            raise ValueError(f"rho must be in (0, 1] or 'auto' (got {rho})")
+        return rho
 
 
 class TDMPC2Optim(Section):
@@ -92,13 +109,15 @@ class TDMPC2Spec(AgentSpec):
     type: Literal["tdmpc2"] = "tdmpc2"
     encoder: component(ENCODERS) = Field(default_factory=lambda: {
         "type": "sem", "zs_dim": 512, "za_dim": 64, "zsa_dim": 512, "hidden_dim": 512, "activation": "mish",
-        "num_bins": 101, "group_size": 8}, validate_default=True)
+        "num_bins": 101, "group_size": 8, "hidden_layer_norm_affine": True}, validate_default=True)
     critic: component(CRITICS) = Field(default_factory=lambda: {
         "type": "twohot_ensemble", "num_members": 5, "hidden_dim": 512, "num_hidden": 2, "activation": "mish",
-        "dropout": 0.01, "num_bins": 101, "zero_init_last": True}, validate_default=True)
+        "dropout": 0.01, "num_bins": 101, "zero_init_last": True, "hidden_layer_norm_affine": True},
+        validate_default=True)
     policy: component(POLICIES) = Field(default_factory=lambda: {
         "type": "tanh_gaussian", "hidden_dim": 512, "activation": "mish", "layer_norm": True,
-        "log_std_min": -10.0, "log_std_max": 2.0}, validate_default=True)
+        "log_std_min": -10.0, "log_std_max": 2.0, "hidden_layer_norm_affine": True},
+        validate_default=True)
     planner: component(PLANNERS) = Field(
         default_factory=lambda: {"type": "mppi"}, validate_default=True)
     aggregators: AggregatorChoice = Field(default_factory=lambda: AggregatorChoice(
@@ -111,12 +130,29 @@ class TDMPC2Spec(AgentSpec):
     tau: float = Field(0.01, gt=0, le=1, description="soft update rate of the target critics")
     reward_lower: float = Field(-10.0, description="lowest reward bin, in symlog space")
     reward_upper: float = Field(10.0, description="highest reward bin, in symlog space")
-    warmup_steps: int = Field(5_000, ge=0, description="random actions first (TD-MPC2: 5 episodes of 1000 steps)")
+    warmup_steps: int | Literal["auto"] = Field(
+        "auto", description="random actions first; auto: max(1000, 5 x episode length) as TD-MPC2's seed_steps "
+                            "(2,500 on DMC: 500-step episodes at action repeat 2; 5,000 on Gym's 1000-step ones)")
     exploration_noise: float = Field(0.0, ge=0, description="unused by TD-MPC2's own exploration (planner std, "
                                                             "policy samples); a Gaussian std added on top")
     scale_tau: float = Field(0.01, gt=0, le=1, description="lerp rate of the running Q scale")
-    pretrain: bool = Field(True, description="at the first update, run one update per warm-up transition "
-                                             "(TD-MPC2 does warmup_steps updates at once when seeding ends)")
+    pretrain: bool = Field(True, description="the first update is a burst of one update per warm-up transition "
+                                             "(TD-MPC2 runs seed_steps updates at once when seeding ends)")
+
+    ENV_DEFAULTS: ClassVar[dict] = {
+        # TD-MPC2's envs/__init__.py: seed_steps = max(1000, 5 * episode_length); no env known:
+        # 1000-step episodes (Gym's length)
+        "warmup_steps": lambda spec, env: max(1000, 5 * (env.max_episode_steps if env is not None else 1000)),
+        # TD-MPC2's envs/mujoco.py sets rho = 0.7 for its Gym tasks; config.yaml's 0.5 elsewhere
+        "losses.rho": lambda spec, env: 0.7 if env_suite(env) == "gym" else 0.5,
+    }
+
+    @field_validator("warmup_steps")
+    @classmethod
+    def _non_negative(cls, steps):
+        if steps != "auto" and steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0 or 'auto' (got {steps})")
+        return steps
 
     @field_validator("critic")
     @classmethod
@@ -161,6 +197,11 @@ class _View:
     def stochastic_policy(self) -> bool:
         return self.sample
 
+    @property
+    def stochastic_value(self) -> bool:
+        # a sampled terminal action, or a planner aggregator that draws members per call
+        return self.sample or self.agent.planner_aggregate.draws_per_call
+
     def encode(self, obs):
         # once per planning call: a subset aggregator's members are drawn here for the whole search
         self.members = draw_members(self.agent.planner_aggregate, self.agent.critic.num_members, obs.device)
@@ -192,6 +233,7 @@ class TDMPC2(Agent):
 
     def __init__(self, spec: TDMPC2Spec, obs_dim: int, action_dim: int, runtime=None) -> None:
         super().__init__(spec, obs_dim, action_dim, runtime)
+        spec = self.spec  # env-dependent "auto" fields resolved (Agent.__init__)
         self.encoder = ENCODERS.get(spec.encoder.type)(spec.encoder, obs_dim, action_dim)
         zs_dim = spec.encoder.zs_dim
         self.critic = CRITICS.get(spec.critic.type)(spec.critic, zs_dim + action_dim)
@@ -329,7 +371,9 @@ class TDMPC2(Agent):
         self.training_steps += 1
         self.env_terminates = replay.env_terminates
         if self.training_steps == 1 and self.spec.pretrain:
-            for _ in range(max(replay.size - 1, 0)):  # TD-MPC2's burst when seeding ends
+            # TD-MPC2's burst when seeding ends: seed_steps updates in all. The loop's first update
+            # comes with warmup_steps + 1 transitions stored, so this one counts as one of them
+            for _ in range(max(replay.size - 2, 0)):
                 self._update_once(replay)
         return self._update_once(replay)
 

@@ -10,6 +10,9 @@ callable for the hot path that also says what the critic must compute for it:
   picks k). Whoever evaluates the critic draws the members (:func:`draw_members`) once per
   planning call or per update batch and passes them to the critic; the aggregator then reduces
   the ``[k, B, 1]`` it is given.
+* ``draws_per_call``: the aggregator draws its members anew at every call (``min_of_k``,
+  ``mean_of_k``), so the same values reduce differently from call to call (planners re-score
+  sequences they keep; :mod:`mrsq.planners.sampling`).
 * ``pools_atoms``: the aggregator reads every member's atoms ``[N, B, M]`` (a quantile critic's
   M quantiles) instead of one value per member (``truncated_mean``, TQC's truncation).
 
@@ -37,9 +40,10 @@ class BoundAggregator:
     it takes every member's atoms ``[N, B, M]`` rather than their values ``[N, B, 1]``."""
 
     def __init__(self, name: str, fn: Callable, params: dict, subset: int | None = None,
-                 pools_atoms: bool = False) -> None:
+                 pools_atoms: bool = False, draws_per_call: bool = False) -> None:
         self.name, self.fn, self.params = name, fn, params
         self.subset, self.pools_atoms = subset, pools_atoms
+        self.draws_per_call = draws_per_call  # random at every call (min_of_k, mean_of_k)
 
     def __call__(self, values: torch.Tensor) -> torch.Tensor:
         return self.fn(values, **self.params)
@@ -62,11 +66,13 @@ class MaxSpec(Spec):
 
 
 class MinOfKSpec(Spec):
+    DRAWS_PER_CALL: ClassVar[bool] = True  # a new draw at every call: the same input scores differently
     type: Literal["min_of_k"] = "min_of_k"
     k: int = Field(2, ge=1, description="members drawn without replacement per call")
 
 
 class MeanOfKSpec(Spec):
+    DRAWS_PER_CALL: ClassVar[bool] = True  # a new draw at every call: the same input scores differently
     type: Literal["mean_of_k"] = "mean_of_k"
     k: int = Field(2, ge=1, description="members drawn without replacement per call")
 
@@ -207,4 +213,5 @@ def build_aggregator(spec: Spec) -> BoundAggregator:
     params = spec.model_dump(exclude={"type"})
     # a user's aggregator spec opts in the same way: DRAWS_SUBSET (with a field k) or POOLS_ATOMS
     subset = params["k"] if getattr(type(spec), "DRAWS_SUBSET", False) else None
-    return BoundAggregator(spec.type, fn, params, subset=subset, pools_atoms=getattr(type(spec), "POOLS_ATOMS", False))
+    return BoundAggregator(spec.type, fn, params, subset=subset, pools_atoms=getattr(type(spec), "POOLS_ATOMS", False),
+                           draws_per_call=getattr(type(spec), "DRAWS_PER_CALL", False))

@@ -45,6 +45,8 @@ class EnsembleCriticSpec(Spec):
     num_hidden: int = Field(3, ge=1, description="hidden layers, each followed by LN + activation")
     activation: Literal["elu", "relu", "gelu", "silu", "mish"] = "elu"
     layer_norm: bool = Field(True, description="LN before each hidden activation (MR.Q, TD-MPC2: yes; TD3, SAC: no)")
+    hidden_layer_norm_affine: bool = Field(
+        False, description="learnable scale and shift in each hidden LN, per member (TD-MPC2: yes; MR.Q: no)")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout after the first layer (TD-MPC2: 0.01)")
     shared_layers: int = Field(0, ge=0, description="hidden layers (from the input) shared by all members as one "
                                                     "trunk, computed once; the members own the rest (0: independent)")
@@ -90,6 +92,12 @@ class EnsembleCritic(nn.Module):
             self.biases.append(nn.Parameter(torch.stack([m.bias.detach()[None] for m in members])))
         self.act = activation(spec.activation)
         self.layer_norm, self.dropout = spec.layer_norm, spec.dropout
+        if spec.layer_norm and spec.hidden_layer_norm_affine:  # [count, 1, H] per hidden layer
+            self.ln_weights, self.ln_biases = nn.ParameterList(), nn.ParameterList()
+            for i, width in enumerate(dims[1:-1]):
+                count = 1 if i < self.shared else spec.num_members
+                self.ln_weights.append(nn.Parameter(torch.ones(count, 1, width)))
+                self.ln_biases.append(nn.Parameter(torch.zeros(count, 1, width)))
 
     @staticmethod
     def output_dim(spec) -> int:
@@ -105,6 +113,7 @@ class EnsembleCritic(nn.Module):
         n = self.num_members if members is None else members.shape[0]
         x = zsa
         last = len(self.weights) - 1
+        affine = getattr(self, "ln_weights", None) is not None
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             if i < self.shared:  # the trunk: one [.., D] @ [D, H] for every member
                 x = x @ w[0] + b[0]
@@ -119,7 +128,14 @@ class EnsembleCritic(nn.Module):
                 x = torch.bmm(x, w) + b
             if i == 0 and self.dropout > 0:
                 x = F.dropout(x, self.dropout, dropout)
-            if i < last:
+            if i < last and affine:
+                scale, shift = self.ln_weights[i], self.ln_biases[i]
+                if i < self.shared:
+                    scale, shift = scale[0], shift[0]  # [1, H] for the trunk's [B, H]
+                elif members is not None:
+                    scale, shift = scale.index_select(0, members), shift.index_select(0, members)
+                x = self.act(F.layer_norm(x, x.shape[-1:]) * scale + shift)
+            elif i < last:
                 x = ln_act(x, self.act) if self.layer_norm else self.act(x)
         return x
 
@@ -196,7 +212,8 @@ class _Member(nn.Module):
 
     def __init__(self, ensemble: EnsembleCritic, i: int) -> None:
         super().__init__()
-        self.layers = nn.ModuleList()
+        self.layers, self.norms = nn.ModuleList(), nn.ModuleList()
+        affine = getattr(ensemble, "ln_weights", None) is not None
         for layer_index, (w, b) in enumerate(zip(ensemble.weights, ensemble.biases)):
             j = 0 if layer_index < ensemble.shared else i  # trunk layers belong to every member
             layer = nn.Linear(w.shape[1], w.shape[2])
@@ -204,9 +221,18 @@ class _Member(nn.Module):
                 layer.weight.copy_(w[j].T)
                 layer.bias.copy_(b[j, 0])
             self.layers.append(layer)
+            if affine and layer_index < len(ensemble.ln_weights):
+                norm = nn.LayerNorm(w.shape[2])
+                with torch.no_grad():
+                    norm.weight.copy_(ensemble.ln_weights[layer_index][j, 0])
+                    norm.bias.copy_(ensemble.ln_biases[layer_index][j, 0])
+                self.norms.append(norm)
         self.act, self.layer_norm = ensemble.act, ensemble.layer_norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers[:-1]:
-            x = ln_act(layer(x), self.act) if self.layer_norm else self.act(layer(x))
+        for k, layer in enumerate(self.layers[:-1]):
+            if len(self.norms):
+                x = self.act(self.norms[k](layer(x)))
+            else:
+                x = ln_act(layer(x), self.act) if self.layer_norm else self.act(layer(x))
         return self.layers[-1](x)

@@ -28,6 +28,9 @@ class EncoderSpec(Spec):
     hidden_dim: int = Field(512, ge=1, description="hidden width of f and g")
     activation: Literal["elu", "relu", "gelu", "silu", "mish"] = "elu"
     num_bins: int = Field(65, ge=3, description="two-hot reward bins")
+    hidden_layer_norm_affine: bool = Field(
+        False, description="learnable scale and shift in the hidden layers' LNs of f and g (TD-MPC2: yes; "
+                           "MR.Q: no)")
     in_keys: list[str] = Field(default_factory=lambda: ["observation"])
     out_keys: list[str] = Field(default_factory=lambda: ["zs"])
 
@@ -46,9 +49,10 @@ class LatentModel(nn.Module):
         self.spec = s
         self.obs_dim, self.action_dim, self.zs_dim, self.num_bins = obs_dim, action_dim, s.zs_dim, s.num_bins
         self.act = activation(s.activation)
-        self.f = MLP([obs_dim, s.hidden_dim, s.hidden_dim, s.zs_dim], s.activation)
+        affine = s.hidden_layer_norm_affine
+        self.f = MLP([obs_dim, s.hidden_dim, s.hidden_dim, s.zs_dim], s.activation, affine=affine)
         self.za = init_linear_(nn.Linear(action_dim, s.za_dim))
-        self.g = MLP([s.zs_dim + s.za_dim, s.hidden_dim, s.hidden_dim, s.zsa_dim], s.activation)
+        self.g = MLP([s.zs_dim + s.za_dim, s.hidden_dim, s.hidden_dim, s.zsa_dim], s.activation, affine=affine)
         self.head = init_linear_(nn.Linear(s.zsa_dim, 1 + s.zs_dim + s.num_bins))
 
     # -- hooks ---------------------------------------------------------------------------

@@ -32,6 +32,10 @@ class PlanningModel(Protocol):
     def policy(self, z: torch.Tensor) -> torch.Tensor:
         """``z -> a [B, A]`` (deterministic)."""
 
+    # optional: ``stochastic_value = True`` when ``value`` (or the policy action it is taken at)
+    # is random, so scoring one sequence twice gives two values (TD-MPC2: a sampled terminal
+    # action and the mean of 2 critics drawn per call); iterative planners then re-score the
+    # policy's trajectories at every iteration (``rescore_policy_trajectories: auto``)
     # optional: ``reference(z) -> a [B, A]``, the deterministic action a stochastic policy is
     # compared with (its mean); planners return it as ``last_reference`` (default: ``policy``)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mrsq.planners.sampling import IterativeSamplingPlanner, IterativeSpec
 from mrsq.registry import PLANNERS
@@ -22,6 +22,13 @@ from mrsq.registry import PLANNERS
 class CEMSpec(IterativeSpec):
     type: Literal["cem"] = "cem"
     action: Literal["best", "mean"] = Field("best", description="execute the best elite's or the mean's first action")
+
+    @model_validator(mode="after")
+    def _mean_is_a_plan(self):
+        if self.action == "mean" and self.center == "policy":
+            raise ValueError("action 'mean' executes the refit mean as a plan, but with center 'policy' the mean is "
+                             "a residual on the policy, not a plan; use action 'best'")
+        return self
 
 
 @PLANNERS.register("cem", spec=CEMSpec, help="cross-entropy method: unweighted elite refit, warm-started")
@@ -37,4 +44,6 @@ class CEMPlanner(IterativeSamplingPlanner):
     def choose(self, elite_actions, elite_values, weights, mean, explore):
         """``[H, A]``: the best elite (``topk`` sorts, so row 0), or ``mean``; its first action is
         executed."""
-        return mean.clone() if self.spec.action == "mean" else elite_actions[0]
+        if self.spec.action == "mean":  # never scored itself: the search scores it once more
+            return self.to_steps(mean[None])[0].clamp(-1, 1), None
+        return elite_actions[0], elite_values[0]

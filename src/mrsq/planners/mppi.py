@@ -47,6 +47,7 @@ class MPPIPlanner(IterativeSamplingPlanner):
         return torch.softmax(self.temperature * (elite_values - elite_values.max()), 0)
 
     def choose(self, elite_actions, elite_values, weights, mean, explore):
-        """Sequence ``[H, A]`` of one elite drawn with ``weights`` (also when not exploring);
-        its first action is executed."""
-        return elite_actions.index_select(0, draw_index(weights).reshape(1))[0]
+        """Sequence ``[H, A]`` of one elite drawn with ``weights`` (also when not exploring) and
+        its score; its first action is executed."""
+        i = draw_index(weights).reshape(1)
+        return elite_actions.index_select(0, i)[0], elite_values.index_select(0, i)[0]

@@ -47,4 +47,7 @@ class RandomShootingPlanner(Planner):
             pi_actions, pi_value = policy_rollout(model, z0, s.horizon, noise)
             actions, values = torch.cat([pi_actions, actions]), torch.cat([pi_value, values])
         self.last_reference = reference_action(model, z0)  # the divergence's pi(z0), no second encode
-        return actions.index_select(0, values[:, 0].argmax().reshape(1))[0, 0]
+        best = values[:, 0].argmax().reshape(1)
+        self.last_sequence = actions.index_select(0, best)[0]  # [H, A]
+        self.last_value = values.index_select(0, best)[0, 0]  # []: its score
+        return self.last_sequence[0]

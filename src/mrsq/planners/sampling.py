@@ -15,6 +15,8 @@ with ``(r_t, term_t, z_{t+1}) = model.step(z_t, a_t)``, ``alive_0 = 1`` and
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from pydantic import Field, model_validator
 
@@ -136,7 +138,7 @@ class SampleCountSpec(Spec):
 
 
 class IterativeSpec(SampleCountSpec):
-    """Fields of the iterative refit planners (MPPI, CEM); defaults are TD-MPC2's."""
+    """Fields of the iterative refit planners (MPPI, CEM, iCEM); defaults are TD-MPC2's."""
 
     iterations: int = Field(6, ge=1, description="sample-score-refit rounds per action")
     extra_iterations_large_action: int = Field(
@@ -144,6 +146,20 @@ class IterativeSpec(SampleCountSpec):
     num_elites: int = Field(64, ge=1, description="best sequences the refit uses")
     min_std: float = Field(0.05, gt=0, description="lower clamp of the sampling std")
     max_std: float = Field(2.0, gt=0, description="upper clamp, and the std every search starts from")
+    center: Literal["mean", "policy"] = Field(
+        "mean", description="what candidates are drawn around. mean: action sequences from N(mean, std), the mean "
+                            "warm-started from the previous action's search (TD-MPC2, MRS.Q); policy: policy-guided, "
+                            "closed-loop residuals a_t = clamp(pi(z_t) + e_t), e ~ N(mean, std), each candidate "
+                            "following the policy's feedback along its own latent rollout")
+    knots: int = Field(0, ge=0, description="0: one sampled value per step; K >= 1: K knots evenly spaced over the "
+                                            "horizon, linearly interpolated between (one knot: held constant), so "
+                                            "the search is over K x A numbers instead of H x A (the spline "
+                                            "parameterisation of MJPC's sampling planners, Howell et al. 2022)")
+    rescore_policy_trajectories: bool | Literal["auto"] = Field(
+        "auto", description="score the policy's trajectories again at every iteration, with the other sequences "
+                            "in one call (TD-MPC2); auto: when the model's values are random (stochastic_value: a "
+                            "sampled terminal action, members drawn per call), where the first score alone "
+                            "would be one lucky or unlucky draw; otherwise a second score equals the first")
 
     @model_validator(mode="after")
     def _check_elites(self):
@@ -151,7 +167,31 @@ class IterativeSpec(SampleCountSpec):
             raise ValueError(f"num_elites ({self.num_elites}) must be at most num_samples ({self.num_samples})")
         if self.min_std > self.max_std:
             raise ValueError(f"min_std ({self.min_std}) must be at most max_std ({self.max_std})")
+        if self.knots > self.horizon:
+            raise ValueError(f"knots ({self.knots}) must be at most horizon ({self.horizon}) (0: one per step)")
         return self
+
+
+def knot_matrix(horizon: int, knots: int) -> torch.Tensor:
+    """``W [H, K]``: the action at step t is ``sum_k W[t, k] * knot_k`` (hat functions over knots
+    evenly spaced on [0, H - 1]; rows sum to 1). ``knots`` 0 or H: the identity."""
+    if knots in (0, horizon):
+        return torch.eye(horizon)
+    if knots == 1:
+        return torch.ones(horizon, 1)
+    spacing = (horizon - 1) / (knots - 1)
+    t = torch.arange(horizon, dtype=torch.float64)[:, None]
+    positions = torch.arange(knots, dtype=torch.float64)[None] * spacing
+    return (1 - (t - positions).abs() / spacing).clamp(min=0).float()
+
+
+def shift_matrix(horizon: int, knots: int) -> torch.Tensor:
+    """``S [K, K]``: the warm start in knot space, the least-squares knots of the previous plan
+    advanced by one step (its last step 0). With one knot per step it is :func:`shift_mean`'s
+    shift exactly."""
+    w = knot_matrix(horizon, knots).double()
+    step = torch.diag(torch.ones(horizon - 1, dtype=torch.float64), 1)  # (step @ x)[t] = x[t + 1], last row 0
+    return (torch.linalg.pinv(w) @ step @ w).float()
 
 
 LARGE_ACTION_DIM = 20  # TD-MPC2 adds iterations from this action dimension on
@@ -161,9 +201,12 @@ LARGE_ACTION_DIM = 20  # TD-MPC2 adds iterations from this action dimension on
 class IterativeSamplingPlanner(Planner):
     """Sample around a Gaussian, score, keep elites, refit; warm-started across steps.
 
-    Subclasses choose the elite weights (:meth:`elite_weights`) and the executed action
-    (:meth:`choose`); one whose ``choose`` reads ``explore`` sets ``USES_EXPLORE = True``. State: buffer ``mean [H, A]``, the last refit mean (not in checkpoints:
-    it is per-episode state, cleared by :meth:`reset`).
+    The Gaussian is over ``params [L, A]``: the action sequence itself (``center: mean``, ``L =
+    H``), its knots (``knots: K``, ``L = K``), or residuals on the policy's closed-loop actions
+    (``center: policy``). Subclasses choose the elite weights (:meth:`elite_weights`), the
+    executed action (:meth:`choose`) and the sampling noise (:meth:`noise`); one whose
+    ``choose`` reads ``explore`` sets ``USES_EXPLORE = True``. State: buffer ``mean [L, A]``, the
+    last refit mean (not in checkpoints: it is per-episode state, cleared by :meth:`reset`).
     """
 
     USES_EXPLORE = False
@@ -178,7 +221,15 @@ class IterativeSamplingPlanner(Planner):
         self.num_policy, self.num_elites = spec.num_policy_trajectories, spec.num_elites
         self.min_std, self.max_std = spec.min_std, spec.max_std
         self.policy_noise_std = spec.policy_noise_std
-        self.register_buffer("mean", torch.zeros(spec.horizon, action_dim), persistent=False)
+        self.policy_centred = spec.center == "policy"
+        self.rescore = spec.rescore_policy_trajectories
+        self.num_params = spec.knots or spec.horizon  # L
+        self.interpolated = self.num_params != spec.horizon or spec.knots == 1
+        self.register_buffer("mean", torch.zeros(self.num_params, action_dim), persistent=False)
+        if self.interpolated:
+            self.register_buffer("knot_weights", knot_matrix(spec.horizon, spec.knots), persistent=False)
+            self.register_buffer("knot_pinv", torch.linalg.pinv(self.knot_weights.double()).float(), persistent=False)
+            self.register_buffer("knot_shift", shift_matrix(spec.horizon, spec.knots), persistent=False)
         self._score, self._policy_rollout, self._search = trajectory_value, policy_rollout, self.search
 
     def set_runtime(self, runtime) -> None:
@@ -197,22 +248,73 @@ class IterativeSamplingPlanner(Planner):
     def reset(self) -> None:
         self.mean.zero_()
 
+    # -------------------------------------------------------------- the search distribution
     def initial_mean(self, first: bool = False) -> torch.Tensor:
-        """Where the search starts: zeros if ``first``, else the stored mean shifted -> ``[H, A]``."""
-        return torch.zeros_like(self.mean) if first else shift_mean(self.mean)
+        """Where the search starts: zeros if ``first``, else the stored mean shifted by one step
+        (in knot space: the least-squares knots of the shifted plan) -> ``[L, A]``."""
+        if first:
+            return torch.zeros_like(self.mean)
+        return self.knot_shift @ self.mean if self.interpolated else shift_mean(self.mean)
+
+    def noise(self, n: int, like: torch.Tensor) -> torch.Tensor:
+        """Unit-variance sampling noise ``[n, L, A]`` (white here; iCEM colours it in time)."""
+        return torch.randn(n, *like.shape, device=like.device, dtype=like.dtype)
 
     def sample(self, mean: torch.Tensor, std: torch.Tensor, n: int) -> torch.Tensor:
-        """``n`` sequences from ``N(mean, std)`` clamped to [-1, 1] -> ``[n, H, A]``."""
-        return (mean + std * torch.randn(n, *mean.shape, device=mean.device, dtype=mean.dtype)).clamp_(-1, 1)
+        """``n`` parameter sets from ``N(mean, std)`` -> ``[n, L, A]``: clamped to [-1, 1] when
+        they are actions or knots (a knot interpolation then stays in the box); residuals on the
+        policy are not (the actions they make are)."""
+        params = mean + std * self.noise(n, mean)
+        return params if self.policy_centred else params.clamp_(-1, 1)
+
+    def to_steps(self, params: torch.Tensor) -> torch.Tensor:
+        """``params [N, L, A]`` -> per-step values ``[N, H, A]`` (the knot interpolation)."""
+        return self.knot_weights @ params if self.interpolated else params
+
+    def to_params(self, steps: torch.Tensor) -> torch.Tensor:
+        """Per-step values ``[N, H, A]`` -> the params that fit them best ``[N, L, A]``."""
+        return self.knot_pinv @ steps if self.interpolated else steps
+
+    def evaluate(self, model: PlanningModel, z0: torch.Tensor, params: torch.Tensor):
+        """Candidates from ``params [N, L, A]``: ``(actions [N, H, A], values [N, 1])``."""
+        steps = self.to_steps(params)
+        if self.policy_centred:  # closed loop: a_t = clamp(pi(z_t) + e_t) along each rollout
+            return self._policy_rollout(model, z0, self.horizon, steps)
+        return steps, self._score(model, z0, steps)
+
+    def rescores(self, model: PlanningModel) -> bool:
+        """Whether the policy's trajectories are scored again at every iteration."""
+        if self.rescore == "auto":
+            return bool(getattr(model, "stochastic_value", False))
+        return bool(self.rescore)
+
+    def policy_candidates(self, model: PlanningModel, z0: torch.Tensor):
+        """The policy's own plans: ``(actions [P, H, A], params [P, L, A], values [P, 1],
+        reference [A] or None)``; the reference is ``pi(z0)`` when the plans show it (a
+        deterministic policy without noise)."""
+        p, h = self.num_policy, self.horizon
+        noise = policy_noise(self.policy_noise_std, p, h, self.action_dim, z0.device)
+        # a stochastic policy (TD-MPC2's) gives p different rollouts; a deterministic one without
+        # noise gives one rollout that stands for all p
+        stochastic = noise is None and getattr(model, "stochastic_policy", False)
+        actions, values = self._policy_rollout(model, z0.expand(p, -1) if stochastic else z0, h, noise)
+        reference = actions[0, 0] if noise is None and not stochastic else None
+        actions, values = actions.expand(p, -1, -1), values.expand(p, -1)
+        if self.policy_centred:  # as residuals on the policy: zero, or the noise they carry
+            params = actions.new_zeros(p, self.num_params, self.action_dim) if noise is None else self.to_params(noise)
+        else:
+            params = self.to_params(actions)
+        return actions, params, values, reference
 
     def elite_weights(self, elite_values: torch.Tensor) -> torch.Tensor:
         """``elite_values [K]`` -> refit weights ``[K]`` summing to 1."""
         raise NotImplementedError
 
     def choose(self, elite_actions: torch.Tensor, elite_values: torch.Tensor, weights: torch.Tensor,
-               mean: torch.Tensor, explore: bool) -> torch.Tensor:
-        """The executed sequence ``[H, A]`` (its first action is taken) from the final
-        ``elite_actions [K, H, A]``, ``elite_values [K]``, ``weights [K]`` and refit ``mean [H, A]``."""
+               mean: torch.Tensor, explore: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The executed sequence ``[H, A]`` (its first action is taken) and its score ``[]`` (None:
+        a sequence that was not scored, scored then) from the final ``elite_actions [K, H, A]``,
+        ``elite_values [K]``, ``weights [K]`` and refit ``mean [L, A]``."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -223,50 +325,68 @@ class IterativeSamplingPlanner(Planner):
         # `explore` reaches the (compiled) search only for a planner whose choice uses it:
         # dynamo specialises on a Python bool, so passing it would compile every search twice
         args = (explore,) if self.USES_EXPLORE else ()
-        action, mean, std, sequence, policy_elites, reference = self._search(model, obs.reshape(1, -1), mean0, *args)
+        out = self._search(model, obs.reshape(1, -1), mean0, *self.search_inputs(), *args)
+        action, mean, std, sequence, policy_elites, reference, value = out[:7]
         # outputs are fresh tensors (a CUDA-graph search clones them: mrsq.compile.Compiled)
+        self.end_search(out[7:])
         self.mean.copy_(mean)
-        self.last_std = std  # [H, A]: the final refit std (TD-MPC2 explores with std[0])
+        self.last_std = std  # [L, A]: the final refit std (TD-MPC2 explores with std[0])
         self.last_sequence = sequence  # [H, A]: the executed elite's whole sequence
         self.last_policy_elites = policy_elites  # []: final elites that are policy rollouts
         self.last_reference = reference  # [A]: the deterministic pi(z0) (the divergence metric)
+        self.last_value = value  # []: the search's own estimate of the executed sequence
         return action
+
+    def search_inputs(self) -> tuple:
+        """State a subclass's :meth:`search` takes after ``mean`` (iCEM: its carried elites)."""
+        return ()
+
+    def end_search(self, outputs: tuple) -> None:
+        """Store what :meth:`search` returned after its seven outputs (iCEM: the elites to carry)."""
+
+    def evaluations_per_action(self) -> int:
+        """Sequences scored per action: the policy's once (re-scored: each iteration), then
+        ``num_samples - P`` per iteration (what the N-chain diagnostic counts)."""
+        return self.num_policy + self.iterations * (self.num_samples - self.num_policy)
 
     def search(self, model: PlanningModel, obs: torch.Tensor, mean: torch.Tensor,
                explore: bool = False) -> tuple[torch.Tensor, ...]:
-        """One action's search from ``obs [1, obs]`` and the start ``mean [H, A]``.
+        """One action's search from ``obs [1, obs]`` and the start ``mean [L, A]``.
 
-        Returns ``(action [A], final mean [H, A], final std [H, A], executed elite's sequence
+        Returns ``(action [A], final mean [L, A], final std [L, A], executed elite's sequence
         [H, A], number of the final elites that are policy rollouts [] (a diagnostic),
-        reference action [A])``; the reference is the deterministic policy's ``pi(z0)`` (the
+        reference action [A], the search's score of the executed sequence [])``; the reference is the deterministic policy's ``pi(z0)`` (the
         policy-vs-search divergence compares with it, so acting costs no second encode). Pure
         tensor code with no host synchronisation: compiled (and CUDA-graph captured) as a whole
         on GPUs. ``explore`` is passed only when ``USES_EXPLORE``."""
-        n, p, k, h = self.num_samples, self.num_policy, self.num_elites, self.horizon
+        n, p, k = self.num_samples, self.num_policy, self.num_elites
         z0 = model.encode(obs)  # [1, Z]
         std = torch.full_like(mean, self.max_std)
-        actions = mean.new_empty(n, h, self.action_dim)  # rows [:p]: the policy's plan
-        values = mean.new_empty(n, 1)
+        rescore = p > 0 and self.rescores(model)
+        reference = None
         if p > 0:
-            noise = policy_noise(self.policy_noise_std, p, h, self.action_dim, mean.device, mean.dtype)
-            # a stochastic policy (TD-MPC2's) gives p different rollouts; a deterministic one without
-            # noise gives one rollout that stands for all p
-            stochastic = noise is None and getattr(model, "stochastic_policy", False)
-            pi_actions, pi_value = self._policy_rollout(model, z0.expand(p, -1) if stochastic else z0, h, noise)
-            actions[:p] = pi_actions
-            values[:p] = pi_value
+            pi_actions, pi_params, pi_values, reference = self.policy_candidates(model, z0)
         for _ in range(self.iterations):
-            actions[p:] = self.sample(mean, std, n - p)
-            values[p:] = self._score(model, z0, actions[p:])
+            params = self.sample(mean, std, n - p)
+            if rescore and not self.policy_centred:  # every sequence in one call: one draw ranks them all
+                actions = torch.cat([pi_actions, self.to_steps(params)])
+                values = self._score(model, z0, actions)
+            else:
+                actions, values = self.evaluate(model, z0, params)
+                if p > 0:
+                    fresh = self._score(model, z0, pi_actions) if rescore else pi_values
+                    actions, values = torch.cat([pi_actions, actions]), torch.cat([fresh, values])
+            if p > 0:
+                params = torch.cat([pi_params, params])
             elite_values, idx = values[:, 0].topk(k)
             elite_actions = actions.index_select(0, idx)  # [K, H, A]
             weights = self.elite_weights(elite_values)
-            mean, std = weighted_stats(elite_actions, weights)
+            mean, std = weighted_stats(params.index_select(0, idx), weights)
             std = std.clamp(self.min_std, self.max_std)
-        chosen = self.choose(elite_actions, elite_values, weights, mean, explore)
-        if p > 0 and noise is None and not stochastic:
-            reference = pi_actions[0, 0]  # the deterministic rollout's first action is pi(z0)
-        else:
+        chosen, value = self.choose(elite_actions, elite_values, weights, mean, explore)
+        if value is None:
+            value = self._score(model, z0, chosen[None])[0, 0]
+        if reference is None:
             reference = reference_action(model, z0)
-        return chosen[0], mean, std, chosen, (idx < p).sum(), reference
+        return chosen[0], mean, std, chosen, (idx < p).sum(), reference, value
 

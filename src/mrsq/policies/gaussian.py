@@ -23,6 +23,7 @@ class TanhGaussianPolicySpec(Spec):
     hidden_dim: int = Field(256, ge=1)
     activation: Literal["relu", "elu", "gelu", "silu", "mish"] = "relu"
     layer_norm: bool = Field(False, description="LN before each hidden activation (SAC: no; TD-MPC2: yes)")
+    hidden_layer_norm_affine: bool = Field(False, description="learnable scale and shift in those LNs (TD-MPC2: yes)")
     log_std_min: float = Field(-5.0, description="lower bound of the log std")
     log_std_max: float = Field(2.0, description="upper bound of the log std")
     log_std_bound: Literal["tanh", "clamp"] = Field(
@@ -53,7 +54,8 @@ class TanhGaussianPolicy(nn.Module):
     def __init__(self, spec: TanhGaussianPolicySpec, input_dim: int, action_dim: int) -> None:
         super().__init__()
         self.spec, self.action_dim = spec, action_dim
-        self.net = MLP([input_dim, spec.hidden_dim, spec.hidden_dim, 2 * action_dim], spec.activation, spec.layer_norm)
+        self.net = MLP([input_dim, spec.hidden_dim, spec.hidden_dim, 2 * action_dim], spec.activation, spec.layer_norm,
+                       affine=spec.hidden_layer_norm_affine)
         self.log_std_min, self.log_std_max = spec.log_std_min, spec.log_std_max
         self.smooth_bound = spec.log_std_bound == "tanh"
 

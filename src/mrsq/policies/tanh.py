@@ -19,6 +19,7 @@ class TanhPolicySpec(Spec):
     hidden_dim: int = Field(512, ge=1)
     activation: Literal["relu", "elu", "gelu", "silu", "mish"] = "relu"
     layer_norm: bool = Field(True, description="LN before each hidden activation (MR.Q: yes; TD3: no)")
+    hidden_layer_norm_affine: bool = Field(False, description="learnable scale and shift in those LNs (MR.Q: no; TD-MPC2: yes)")
     in_keys: list[str] = Field(default_factory=lambda: ["zs"])
     out_keys: list[str] = Field(default_factory=lambda: ["action", "pre_activation"])
 
@@ -36,7 +37,8 @@ class TanhPolicy(nn.Module):
     def __init__(self, spec: TanhPolicySpec, input_dim: int, action_dim: int) -> None:
         super().__init__()
         self.spec = spec
-        self.net = MLP([input_dim, spec.hidden_dim, spec.hidden_dim, action_dim], spec.activation, spec.layer_norm)
+        self.net = MLP([input_dim, spec.hidden_dim, spec.hidden_dim, action_dim], spec.activation, spec.layer_norm,
+                       affine=spec.hidden_layer_norm_affine)
 
     def forward(self, zs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pre = self.net(zs)

@@ -103,6 +103,7 @@ def resolve_device(name: str) -> torch.device:
 def build_agent(spec, env: Env, device: torch.device, runtime: Runtime | None = None):
     """The spec's agent on ``device``, with precision and compilation resolved for this machine."""
     runtime = runtime or resolve_runtime(spec.precision, spec.compile, device)
+    spec = spec.for_env(env)  # env-dependent defaults (a no-op for a run's already resolved spec)
     agent = AGENTS.get(spec.type)(spec, env.obs_dim, env.action_dim, runtime=runtime)
     if not isinstance(agent, Agent):
         raise TypeError(f"agent {spec.type!r} ({type(agent).__qualname__}) must subclass mrsq.agents.Agent")
@@ -213,6 +214,9 @@ class Trainer:
         self.device = resolve_device(t.device)
         self.env = make_env(t.env, t.seed)
         self.eval_env = make_env(t.env, t.seed + 100)
+        # env-dependent defaults ("auto": TD-MPC2's warm-up, rho) become values here, so spec.yaml,
+        # the checkpoints and a resume all hold the values this run used
+        self.spec = spec = spec.for_env(self.env)
         self.runtime = resolve_runtime(spec.precision, spec.compile, self.device)
         self.agent = build_agent(spec, self.env, self.device, self.runtime)
         r = spec.replay
