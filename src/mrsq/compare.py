@@ -17,11 +17,13 @@ import numpy as np
 from mrsq.runs import Run, common_steps, group, load_runs
 
 
-def _mean_std(values: np.ndarray) -> str:
+def _mean_std(values: np.ndarray, digits: int = 1) -> str:
     values = values[np.isfinite(values)]
     if values.size == 0:
         return "-"
-    return f"{values.mean():.1f} +- {values.std():.1f}" if values.size > 1 else f"{values[0]:.1f}"
+    if values.size == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{values.mean():.{digits}f} +- {values.std():.{digits}f}"
 
 
 def _iqm_ci(finals: np.ndarray, reps: int) -> str:
@@ -41,6 +43,13 @@ def auc(steps: np.ndarray, returns: np.ndarray) -> float:
     return float(np.trapezoid(returns, steps) / (steps[-1] - steps[0]))
 
 
+def _eval_means(members: list[Run], column: str, steps: np.ndarray) -> np.ndarray:
+    """Each run's mean of ``column`` over the evaluations at ``steps`` (NaN where it has none)."""
+    if steps.size == 0:
+        return np.full(len(members), np.nan)
+    return np.array([float(np.nanmean(m.at(column, steps))) if m.has(column) else np.nan for m in members])
+
+
 def compare_tables(paths: list[Path], labels: list[str] | None = None, reps: int = 2000) -> str:
     runs = load_runs(paths, labels)
     out = []
@@ -52,14 +61,17 @@ def compare_tables(paths: list[Path], labels: list[str] | None = None, reps: int
             continue
         final = int(steps[-1])
         out.append(f"## {env} (at step {final}, the last one every run reached)\n")
-        out.append("| preset | seeds | final return | IQM final [95% CI] | AUC (mean return) | final value error % |")
-        out.append("|---|---|---|---|---|---|")
+        out.append("| preset | seeds | final return | IQM final [95% CI] | AUC (mean return) | final value error % "
+                   "| value bias (mean of evals) | search divergence (mean of evals) |")
+        out.append("|---|---|---|---|---|---|---|---|")
+        later = steps[steps > 0]  # the diagnostics of step 0 (an untrained agent) say nothing
         for label, members in by_label.items():
             finals = np.array([m.at("return_mean", steps[-1:])[0] for m in members])
             aucs = np.array([auc(steps, m.at("return_mean", steps)) for m in members])
             verr = np.array([m.at("value_error_pct", steps[-1:])[0] if m.has("value_error_pct") else np.nan
                              for m in members])
             out.append(f"| {label} | {len(members)} | {_mean_std(finals)} | {_iqm_ci(finals, reps)} | "
-                       f"{_mean_std(aucs)} | {_mean_std(verr)} |")
+                       f"{_mean_std(aucs)} | {_mean_std(verr)} | {_mean_std(_eval_means(members, 'value_bias', later))} "
+                       f"| {_mean_std(_eval_means(members, 'search_divergence', later), 4)} |")
         out.append("")
     return "\n".join(out)

@@ -58,6 +58,14 @@ def test_compare_numbers_are_the_runs_numbers(runs, capsys):
     a, b = load_run(runs[0]), load_run(runs[1])
     finals = np.array([a.columns["return_mean"][-1], b.columns["return_mean"][-1]])
     assert f"{finals.mean():.1f} +- {finals.std():.1f}" in out
+    # search divergence: each searching run's mean over its evaluations after step 0 (the point
+    # env's truncated 50-step episodes leave no state whose value can be scored: value bias "-")
+    main(["compare", str(runs[2]), str(runs[3]), "--reps", "100"])
+    out = capsys.readouterr().out
+    c, d = load_run(runs[2]), load_run(runs[3])
+    per_run = np.array([np.mean(np.asarray(r.columns["search_divergence"], float)[1:]) for r in (c, d)])
+    assert per_run.min() > 0 and f"{per_run.mean():.4f} +- {per_run.std():.4f} |" in out
+    assert out.splitlines()[4].split("|")[-3].strip() == "-"
 
 
 def test_auc_is_the_mean_return_over_the_span():
