@@ -8,6 +8,7 @@ from pydantic import ValidationError
 
 import mrsq.planners  # noqa: F401  (registration)
 from mrsq.planners.cem import CEMPlanner, CEMSpec
+from mrsq.planners.icem import ICEMPlanner, ICEMSpec
 from mrsq.planners.mppi import MPPIPlanner, MPPISpec
 from mrsq.planners.random_shooting import RandomShootingPlanner, RandomShootingSpec
 from mrsq.planners.sampling import shift_mean, trajectory_value, weighted_stats
@@ -136,7 +137,7 @@ def _optimistic_member(z, a):
     return torch.stack([bonus, torch.zeros_like(bonus)])
 
 
-@pytest.mark.parametrize("cls,spec_cls", [(MPPIPlanner, MPPISpec), (CEMPlanner, CEMSpec)])
+@pytest.mark.parametrize("cls,spec_cls", [(MPPIPlanner, MPPISpec), (CEMPlanner, CEMSpec), (ICEMPlanner, ICEMSpec)])
 def test_terminal_value_uses_the_models_aggregator(cls, spec_cls):
     a_star = [-0.5, 0.3]
     spec = spec_cls(horizon=1)
@@ -198,7 +199,7 @@ def test_weighted_stats():
 
 
 # ------------------------------------------------------------------------------ specs, registry
-@pytest.mark.parametrize("spec_cls", [MPPISpec, CEMSpec])
+@pytest.mark.parametrize("spec_cls", [MPPISpec, CEMSpec, ICEMSpec])
 def test_spec_rejects_more_elites_than_samples(spec_cls):
     with pytest.raises(ValidationError, match="num_elites"):
         spec_cls(num_samples=32, num_elites=33, num_policy_trajectories=0)
@@ -223,6 +224,9 @@ def test_spec_field_constraints():
 @pytest.mark.parametrize("name,fields", [
     ("mppi", {"num_samples": 32, "num_elites": 4, "num_policy_trajectories": 2, "iterations": 2}),
     ("cem", {"num_samples": 32, "num_elites": 4, "num_policy_trajectories": 2, "iterations": 2}),
+    ("icem", {"num_samples": 32, "num_elites": 4, "num_policy_trajectories": 2, "iterations": 2}),
+    ("mppi", {"num_samples": 32, "num_elites": 4, "num_policy_trajectories": 2, "iterations": 2, "center": "policy",
+              "knots": 2}),
     ("random_shooting", {"num_samples": 32, "num_policy_trajectories": 2}),
 ])
 def test_built_from_the_registry(name, fields):

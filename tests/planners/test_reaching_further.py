@@ -254,3 +254,16 @@ def test_knot_planners_execute_interpolated_plans():
     seq = planner.last_sequence  # [H, A]: linear in t between the two knots
     torch.testing.assert_close(seq[2], (seq[0] + seq[4]) / 2)
     assert planner.mean.shape == (2, 2) and math.isclose(planner.to_steps(planner.mean[None]).shape[1], 5)
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("planner.beta=-1", "planner.beta"),
+    ("planner.keep_fraction=1.2", "planner.keep_fraction"),
+    ("planner.num_samples=100", "2 x num_elites"),
+    ("planner.knots=4", "knots"),
+])
+def test_bad_planner_settings_stop_train_in_one_line_before_any_work(mrsq_main, tmp_path, setting, message):
+    out = tmp_path / "run"
+    code, _, err = mrsq_main("train", "mrsq_icem", "--set", setting, "--out", out)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
