@@ -286,6 +286,17 @@ def cmd_eval(args) -> int:
     _set_threads(args.threads)
     if args.seed is not None and not 0 <= args.seed < 2**32:
         raise UsageError(f"--seed {args.seed}: must be in [0, 2**32)")
+    if args.video:
+        from mrsq.render import RenderError, ensure_backend
+
+        if not str(args.video).endswith(".mp4"):
+            raise UsageError(f"--video {args.video}: videos are written as mp4; name the file *.mp4")
+        if args.video_size < 16 or args.video_size % 2:
+            raise UsageError(f"--video-size {args.video_size}: an even number of pixels, at least 16")
+        try:
+            ensure_backend()  # before MuJoCo is imported: it reads MUJOCO_GL once
+        except RenderError as exc:
+            raise UsageError(f"--video: {exc}") from None
     from mrsq import registry
 
     payload = load_checkpoint(Path(args.checkpoint))
@@ -311,6 +322,18 @@ def cmd_eval(args) -> int:
         print(f"  value error {d['value_error_pct']:+.1f}% (|Q-G| {d['value_error_abs']:.2f}, "
               f"Q > G on {100 * d['overestimation_frac']:.0f}% of {d['value_states']} states), "
               f"search divergence {d['search_divergence']:.4f}")
+    if args.video:
+        from mrsq.render import RenderError, record_episode
+
+        video_seed = (spec.train.seed + 100 if args.seed is None else args.seed) + 1
+        try:
+            with make_env(env_id, video_seed) as video_env:
+                made = record_episode(agent, video_env, Path(args.video), args.video_size)
+        except RenderError as exc:
+            raise UsageError(f"--video: {exc}") from None
+        print(f"mrsq: wrote {made['path']} ({made['frames']} frames of {made['size']}x{made['size']} at "
+              f"{made['fps']:g} fps: one more deterministic episode of {made['steps']} steps, return "
+              f"{made['return']:.1f})")
     return 0
 
 
@@ -417,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--env", help="evaluate on another env id than the one trained on")
     p.add_argument("--seed", type=int, help="eval env seed (default: train seed + 100)")
+    p.add_argument("--video", metavar="OUT.mp4", help="also record one more deterministic episode as an mp4 "
+                                                     "(needs a renderer: libosmesa6, or MUJOCO_GL=egl on a GPU)")
+    p.add_argument("--video-size", type=int, default=256, help="video width and height in pixels (default 256)")
     p.add_argument("--threads", type=int, metavar="N", help="torch threads (default: torch's choice)")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="a module with your own components (those recorded in the checkpoint are imported anyway)")

@@ -90,5 +90,9 @@ class TrainSpec(Section):
         description="where train.csv / eval.csv rows also go (csv is always written): tensorboard (RUN/tensorboard), "
                     "wandb (offline unless WANDB_MODE or an API key says otherwise); each an optional extra")
     wandb_project: str = Field("mrsq", min_length=1, description="the W&B project of the wandb logger")
+    video_every: int = Field(0, ge=0, description="record one deterministic episode as RUN/videos/step_<k>.mp4 "
+                                                  "every this many evaluations (0: never; needs a renderer: "
+                                                  "libosmesa6, or MUJOCO_GL=egl on a GPU machine)")
+    video_size: int = Field(256, ge=16, le=2048, description="video frame width and height in pixels (even)")
     checkpoint_every: int | None = Field(None, ge=1, description="also checkpoint every this many steps "
                                          "(checkpoints are always written at each evaluation)")

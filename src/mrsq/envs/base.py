@@ -59,6 +59,13 @@ class Env(abc.ABC):
         this leave it unimplemented; such runs still train, only ``--resume`` refuses them."""
         raise NotImplementedError(f"{type(self).__name__} does not expose its random state (exact resume)")
 
+    frame_rate: float = 30.0  # frames per second of this env's videos (its agent steps per simulated second)
+
+    def physics_handles(self):
+        """``(mujoco.MjModel, mujoco.MjData, camera)`` for :mod:`mrsq.render` (videos); envs
+        without MuJoCo physics leave it unimplemented and cannot be recorded."""
+        raise NotImplementedError("it exposes no MuJoCo physics to render (videos need dm_control or Gym MuJoCo)")
+
     def set_rng_state(self, state: dict) -> None:
         """Restore a state returned by :meth:`rng_state`; the next ``reset`` draws from it."""
         raise NotImplementedError(f"{type(self).__name__} does not expose its random state (exact resume)")

@@ -56,6 +56,7 @@ class DMCEnv(Env):
         domain, task = _split(name)
         self.env_id = f"dmc:{name}"
         self._env = _suite().load(domain, task, task_kwargs={"random": seed})
+        self.frame_rate = 1.0 / (self._env.control_timestep() * ACTION_REPEAT)  # one frame per agent step
         spec = self._env.action_spec()
         self._scale = ActionScaler(spec.minimum, spec.maximum, dtype=np.float64)
         self._obs_keys = tuple(self._env.observation_spec())
@@ -99,6 +100,10 @@ class DMCEnv(Env):
     def set_rng_state(self, state: dict) -> None:
         name, keys, pos, has_gauss, cached = state["random"]
         self._env.task.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+    def physics_handles(self):
+        physics = self._env.physics
+        return physics.model.ptr, physics.data.ptr, 0  # camera 0: each task's tracking camera
 
     def close(self) -> None:
         self._env.close()

@@ -78,6 +78,16 @@ class GymEnv(Env):
         self._seed = seed
         self._seeded = False
 
+    def physics_handles(self):
+        u = self._env.unwrapped
+        if not (hasattr(u, "model") and hasattr(u, "data")):
+            raise NotImplementedError(f"{type(u).__name__} is not a MuJoCo env (videos need MuJoCo physics)")
+        return u.model, u.data, (0 if u.model.ncam > 0 else -1)  # the task's camera ('track'), else the free one
+
+    @property
+    def frame_rate(self) -> float:
+        return 1.0 / float(getattr(self._env.unwrapped, "dt", 1 / 30))
+
     def reset(self, seed: int | None = None) -> np.ndarray:
         # Seed on the first reset (with the factory seed unless given one); later resets without
         # a seed continue the env's RNG so successive episodes differ.

@@ -100,6 +100,10 @@ class TensorBoard:
             self.writer.add_scalar(f"{kind}/{key}", value, global_step=step)
         self.writer.flush()
 
+    def video(self, path: Path, step: int) -> None:
+        """TensorBoard plays no mp4 (its add_video re-encodes tensors as GIF through moviepy, which
+        mrsq does not install): the video stays in RUN/videos/ only."""
+
     def close(self) -> None:
         self.writer.close()
 
@@ -139,6 +143,11 @@ class WandB:
     def log(self, kind: str, row: dict, step: int) -> None:
         self.run.log({f"{kind}/{k}": v for k, v in numeric(row).items()}, step=step)
 
+    def video(self, path: Path, step: int) -> None:
+        import wandb
+
+        self.run.log({"eval/video": wandb.Video(str(path), format="mp4")}, step=step)
+
     def close(self) -> None:
         self.run.finish()
 
@@ -166,6 +175,11 @@ class Loggers:
     def log(self, kind: str, row: dict, step: int) -> None:
         for backend in self.backends:
             backend.log(kind, row, step)
+
+    def video(self, path: Path, step: int) -> None:
+        """An evaluation video to the backends that show videos (W&B)."""
+        for backend in self.backends:
+            backend.video(path, step)
 
     def close(self) -> None:
         for backend in self.backends:

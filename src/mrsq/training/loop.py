@@ -212,11 +212,19 @@ class Trainer:
             torch.set_num_threads(t.threads)
         seed_everything(t.seed)
         self.device = resolve_device(t.device)
+        if t.video_every:  # MuJoCo reads MUJOCO_GL once, when the first env imports it
+            from mrsq.render import RenderError, ensure_backend
+
+            try:
+                ensure_backend()
+            except RenderError:
+                pass  # the warning comes from _video_setup, with the reason
         self.env = make_env(t.env, t.seed)
         self.eval_env = make_env(t.env, t.seed + 100)
         # env-dependent defaults ("auto": TD-MPC2's warm-up, rho) become values here, so spec.yaml,
         # the checkpoints and a resume all hold the values this run used
         self.spec = spec = spec.for_env(self.env)
+        self._video_env = self._video_setup(t)
         self.runtime = resolve_runtime(spec.precision, spec.compile, self.device)
         self.agent = build_agent(spec, self.env, self.device, self.runtime)
         r = spec.replay
@@ -451,6 +459,8 @@ class Trainer:
             self._loggers.close()
             self.env.close()
             self.eval_env.close()
+            if self._video_env is not None:
+                self._video_env.close()
             self._write_run_json(status)
         return result
 
@@ -516,11 +526,48 @@ class Trainer:
                **ev.diagnostics}
         log.write(row)
         self._loggers.log("eval", row, s.step)
+        self._record_video(s.step)
         s.last_eval = [s.step, ev.return_mean, ev.return_std]
         result.evals.append((s.step, ev.return_mean, ev.return_std))
         s.pending_eval = False
         self._notify("eval", row)
         return True
+
+    def _video_setup(self, t):
+        """The env videos are recorded on (its own instance and seed), or None: no videos asked
+        for, or no renderer, which is a warning before any work (training goes on without them)."""
+        if not t.video_every:
+            return None
+        from mrsq.render import FrameRenderer, RenderError
+
+        env = make_env(t.env, t.seed + 200)
+        try:
+            FrameRenderer(env, t.video_size).close()  # one render now: a missing GL library shows here
+        except RenderError as exc:
+            env.close()
+            print(f"mrsq: warning: train.video_every={t.video_every} but {exc}; training without videos",
+                  file=sys.stderr)
+            return None
+        return env
+
+    def _record_video(self, step: int) -> None:
+        """After an evaluation: one recorded episode every ``video_every`` evaluations (by the
+        evaluation's index, so a resumed run keeps the schedule). It restores the torch RNG and
+        the planner's state, so the run is the same with and without videos."""
+        t = self.spec.train
+        if self._video_env is None or (step // t.eval_every) % t.video_every:
+            return
+        from mrsq.render import RenderError, record_episode
+
+        path = self.out / "videos" / f"step_{step}.mp4"
+        try:
+            record_episode(self.agent, self._video_env, path, t.video_size)
+        except RenderError as exc:
+            print(f"mrsq: warning: video at step {step} failed ({exc}); no more videos in this run", file=sys.stderr)
+            self._video_env.close()
+            self._video_env = None
+            return
+        self._loggers.video(path, step)
 
     def _notify(self, kind: str, row: dict) -> None:
         if getattr(self, "_callback", None) is not None and self._callback({"kind": kind, **row}) is False:
