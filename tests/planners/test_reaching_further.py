@@ -71,7 +71,7 @@ def test_warm_start_and_reset(name, monkeypatch):
     assert torch.equal(starts[-1], torch.zeros_like(stored))
     planner.reset()
     assert torch.equal(planner.mean, torch.zeros_like(stored))
-    assert "mean" not in planner.state_dict() and "carried" not in planner.state_dict()
+    assert planner.state_dict() == {}  # per-episode state: never in checkpoints
 
 
 # ------------------------------------------------------------------------------ iCEM's parts
@@ -112,13 +112,13 @@ def test_sampled_batches_follow_the_schedule_with_kept_elites_and_the_mean(monke
     original = planner.evaluate
     monkeypatch.setattr(planner, "evaluate", lambda m, z, params: seen.append(params.clone()) or original(m, z, params))
     planner.plan(QuadraticModel(A_STAR), OBS, first=True)
-    # populations 64, 32, 16 (floor 16) minus the 4 policy rows; + 2 kept elites after the first
-    # iteration; + the mean in the last one; no carried elites at an episode start
-    assert [p.shape[0] for p in seen] == [60, 28 + 2, 12 + 2 + 1]
+    # populations 64, 32, 16 (floor 16) minus the 4 policy rows, + 2 kept elites in every iteration
+    # (at an episode start 2 fresh samples in their place), + the mean in the last one
+    assert [p.shape[0] for p in seen] == [60 + 2, 28 + 2, 12 + 2 + 1]
     seen.clear()
     planner.plan(QuadraticModel(A_STAR), OBS)  # the next action: 2 shifted elites join iteration 0
     assert [p.shape[0] for p in seen] == [60 + 2, 28 + 2, 12 + 2 + 1]
-    assert planner.evaluations_per_action() == 60 + 2 + 30 + 15 + 4
+    assert planner.has_carried and planner.evaluations_per_action() == 62 + 30 + 15 + 4
 
 
 def test_elites_carry_over_between_iterations_and_shifted_to_the_next_action(monkeypatch):
@@ -147,8 +147,11 @@ def test_elites_carry_over_between_iterations_and_shifted_to_the_next_action(mon
     planner.plan(model, OBS)
     assert seen[0][0].shape[0] == 32 + 2
     torch.testing.assert_close(seen[0][0][-2:], before)  # the shifted elites join the first iteration
-    planner.plan(model, OBS, first=True)  # an episode start: nothing carried
-    assert seen[-2][0].shape[0] == 32
+    seen.clear()
+    planner.plan(model, OBS, first=True)  # an episode start: fresh samples instead of the carried
+    assert seen[0][0].shape[0] == 32 + 2 and not torch.equal(seen[0][0][-2:], planner.carried)
+    planner.reset()
+    assert not planner.has_carried
 
 
 def test_executes_the_best_sequence_of_any_iteration():

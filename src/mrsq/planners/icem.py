@@ -11,7 +11,8 @@ CEM's loop (:mod:`mrsq.planners.cem`) with the paper's changes, each a spec fiel
   ``max(num_samples / decay^i, 2 * num_elites)`` sequences (policy rollouts included).
 * **Elites kept** (``keep_fraction``): the best ``ceil(keep_fraction * num_elites)`` elites of an
   iteration join the next iteration's candidates, and those of the last iteration, shifted by one
-  step like the mean, join the next action's first iteration (cleared at an episode start).
+  step like the mean, join the next action's first iteration (at an episode start, as many fresh
+  samples take their place, so every search has the same shapes).
 * **The mean as a candidate** (``add_mean``): the last iteration also scores the distribution's
   mean sequence itself.
 * **Momentum** (``momentum``): mean and std are ``alpha * old + (1 - alpha) * elite fit``.
@@ -94,8 +95,9 @@ def colored_noise_factor(length: int, beta: float) -> torch.Tensor:
 @PLANNERS.register("icem", spec=ICEMSpec,
                    help="iCEM (Pinneri et al. 2020): coloured noise, kept and shifted elites, shrinking population")
 class ICEMPlanner(IterativeSamplingPlanner):
-    """CEM with iCEM's sampling; state: the refit ``mean [L, A]`` and the kept elites
-    ``carried [C, L, A]`` of the last search (per-episode state, not in checkpoints)."""
+    """CEM with iCEM's sampling; state: the refit ``mean [L, A]``, the kept elites ``carried
+    [C, L, A]`` of the last search and ``has_carried []`` (bool) whether they are valid (all
+    per-episode state in buffers, so evaluations save and restore it; not in checkpoints)."""
 
     spec: ICEMSpec
 
@@ -107,17 +109,17 @@ class ICEMPlanner(IterativeSamplingPlanner):
                             for i in range(self.iterations)]
         self.register_buffer("color", colored_noise_factor(self.num_params, spec.beta), persistent=False)
         self.register_buffer("carried", torch.zeros(self.num_keep, self.num_params, action_dim), persistent=False)
-        self._carry = False  # whether `carried` holds the last search's elites (not at an episode start)
+        self.register_buffer("has_carried", torch.zeros((), dtype=torch.bool), persistent=False)
 
     def reset(self) -> None:
         super().reset()
-        self._carry = False
+        self.has_carried.fill_(False)
 
     def evaluations_per_action(self) -> int:
-        """Sequences scored per action (policy rollouts once, or every iteration when re-scored)."""
+        """Sequences scored per action: the populations (policy rollouts once), the kept elites
+        of every iteration (carried ones, or as many fresh samples, in the first) and the mean."""
         p = self.num_policy
-        kept = self.num_keep * (self.iterations - 1) + (self.num_keep if self._carry else 0)
-        return sum(n - p for n in self.populations) + kept + int(self.add_mean) + p
+        return sum(n - p for n in self.populations) + self.num_keep * self.iterations + int(self.add_mean) + p
 
     def noise(self, n: int, like: torch.Tensor) -> torch.Tensor:
         """Coloured along the horizon: ``color @ white`` -> ``[n, L, A]``."""
@@ -133,15 +135,15 @@ class ICEMPlanner(IterativeSamplingPlanner):
     def plan(self, model: PlanningModel, obs: torch.Tensor, first: bool = False,
              explore: bool = True) -> torch.Tensor:
         if first:
-            self._carry = False
+            self.has_carried.fill_(False)
         return super().plan(model, obs, first, explore)
 
     def search_inputs(self) -> tuple:
-        # static shapes for a compiled search: the carried rows always travel, with a flag
-        return (self.carried, self._carry)
+        # tensors, not Python values: a compiled search sees the same shapes at every call
+        return (self.carried, self.has_carried)
 
     def search(self, model: PlanningModel, obs: torch.Tensor, mean: torch.Tensor, carried: torch.Tensor,
-               carry: bool) -> tuple[torch.Tensor, ...]:
+               has_carried: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """As :meth:`IterativeSamplingPlanner.search`, plus the kept elites to carry ``[C, L, A]``."""
         p, k, c = self.num_policy, self.num_elites, self.num_keep
         z0 = model.encode(obs)
@@ -150,7 +152,8 @@ class ICEMPlanner(IterativeSamplingPlanner):
         reference = None
         if p > 0:
             pi_actions, pi_params, pi_values, reference = self.policy_candidates(model, z0)
-        kept = carried if carry else carried[:0]
+        # the last action's elites, or (an episode start) as many fresh samples, chosen on the device
+        kept = torch.where(has_carried, carried, self.sample(mean, std, c)) if c else carried
         best_value = best_sequence = None
         for i, population in enumerate(self.populations):
             params = self.sample(mean, std, population - p)
@@ -184,4 +187,4 @@ class ICEMPlanner(IterativeSamplingPlanner):
     def end_search(self, outputs: tuple) -> None:
         (carried,) = outputs
         self.carried.copy_(carried)
-        self._carry = self.num_keep > 0
+        self.has_carried.fill_(self.num_keep > 0)
