@@ -155,7 +155,7 @@ def test_explore_reaches_the_search_only_where_the_planner_uses_it():
         USES_EXPLORE = True
 
         def choose(self, elite_actions, elite_values, weights, mean, explore):
-            return elite_actions[0] if explore else mean
+            return (elite_actions[0], elite_values[0]) if explore else (mean, None)
 
     assert issubclass(Exploring, IterativeSamplingPlanner)
     agent.planner = Exploring(planner.spec, env.action_dim)
