@@ -15,5 +15,6 @@ mkdir -p "$DST/runs/gym-Hopper-v5"
 rm -rf "$DST/runs/gym-Hopper-v5/mrsq_small"
 cp -r docs/results/cheap_pessimism/runs/hopper/gym-Hopper-v5/mrsq_small "$DST/runs/gym-Hopper-v5/mrsq_small"
 "$MRSQ" compare "$DST/runs" > "$DST/compare.md"
+"$MRSQ" frontier "$DST/runs" --threads 1 --json "$DST/frontier.json" | grep -v '^mrsq: wrote' > "$DST/frontier.md"
 "$MRSQ" plot "$DST/runs" --out "$DST/curves.png" --title "Hopper: MRS.Q (CPU-sized) planning horizon x planner" > /dev/null
-echo "wrote $DST/compare.md and $DST/curves.png from $(find "$DST/runs" -name eval.csv | wc -l) runs"
+echo "wrote $DST/compare.md, frontier.md, frontier.json and curves.png from $(find "$DST/runs" -name eval.csv | wc -l) runs"
