@@ -150,35 +150,40 @@ def plot_nchain(path, samples: int, trials: int, seed: int = 0, max_horizon: int
 
 
 def main(args) -> int:
+    from pydantic import ValidationError
+
+    from mrsq import specs
     from mrsq.errors import UsageError
-
-    if args.analysis == "overestimation":
-        from mrsq import overestimation
-
-        return overestimation.main(args)
     from mrsq.registry import PLANNERS, unknown_message
-
-    import mrsq.planners  # noqa: F401  (registration)
 
     if args.planner not in PLANNERS:
         raise UsageError(f"--planner: {unknown_message('planner', args.planner, PLANNERS.names())}")
+    fields = specs.apply_overrides({}, args.planner_set) or None  # --set FIELD=VALUE: planner spec fields
+    try:
+        if args.analysis == "overestimation":
+            from mrsq import overestimation
+
+            return overestimation.main(args, fields)
+        return _nchain(args, fields)
+    except ValidationError as exc:  # a planner or aggregator spec the settings make invalid
+        flags = "--aggregator / --set" if args.analysis == "overestimation" else "--set"
+        planner_spec = PLANNERS.spec(args.planner)
+        root = planner_spec if exc.title == planner_spec.__name__ else None  # lists the fields a typo could mean
+        raise UsageError(f"--planner {args.planner} / {flags}: {specs.format_validation_error(exc, root, fields)}") from None
+
+
+def _nchain(args, fields: dict | None) -> int:
+    from mrsq.errors import UsageError
+
     for name, least in (("actions", 2), ("horizon", 1), ("samples", 1), ("trials", 1)):
         value = getattr(args, name)
         if value < least:
             raise UsageError(f"--{name} must be at least {least} (got {value})")
-    fields = _planner_fields(args.planner_set)
     if args.table:
-        from pydantic import ValidationError
-
-        try:
-            rows, table = nchain_table([args.planner], args.samples, args.trials, args.seed, fields=fields)
-        except ValidationError as exc:
-            from mrsq.overestimation import validation_message
-
-            raise UsageError(f"--planner {args.planner} / --set: {validation_message(exc)}") from None
+        rows, table = nchain_table([args.planner], args.samples, args.trials, args.seed, fields=fields)
         print(json.dumps(rows) if args.json else table)
         return 0
-    report = _checked(nchain_report, args, fields)
+    report = nchain_report(args.actions, args.horizon, args.samples, args.trials, args.seed, args.planner, fields)
     if args.json:
         print(json.dumps(report))
     else:
@@ -196,30 +201,3 @@ def main(args) -> int:
         plot_nchain(out, args.samples, args.trials, args.seed)
         print(f"mrsq: wrote {out}")
     return 0
-
-
-def _planner_fields(items) -> dict | None:
-    import yaml
-
-    from mrsq.errors import UsageError
-
-    fields = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UsageError(f"--set {item!r}: write FIELD=VALUE (a planner field, e.g. num_elites=16)")
-        fields[key.strip()] = yaml.safe_load(value)
-    return fields or None
-
-
-def _checked(fn, args, fields):
-    from pydantic import ValidationError
-
-    from mrsq.errors import UsageError
-
-    try:
-        return fn(args.actions, args.horizon, args.samples, args.trials, args.seed, args.planner, fields)
-    except ValidationError as exc:
-        from mrsq.overestimation import validation_message
-
-        raise UsageError(f"--planner {args.planner} / --set: {validation_message(exc)}") from None

@@ -214,12 +214,6 @@ def run(setting: Setting) -> dict:
             "per_trial_bias": bias.tolist()}
 
 
-def validation_message(exc) -> str:
-    """A pydantic error as one line: ``field: message (got value)`` per error."""
-    return "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']} (got {e.get('input')!r})" if e["loc"]
-                     else e["msg"].removeprefix("Value error, ") for e in exc.errors())
-
-
 def summary_line(r: dict) -> str:
     agg = r["aggregator"]
     name = agg["type"] + "".join(f" {k}={v}" for k, v in agg.items() if k != "type")
@@ -289,14 +283,14 @@ def plot(data: dict, path) -> None:
     plt.close(fig)
 
 
-def main(args) -> int:
+def main(args, fields: dict | None = None) -> int:
+    """``mrsq diagnose overestimation`` (:func:`mrsq.diagnose.main` checks ``--planner`` and parses
+    ``--set`` into ``fields`` first, and turns spec errors into one line)."""
     import yaml
 
     from mrsq.errors import UsageError
-    from mrsq.registry import AGGREGATORS, PLANNERS, unknown_message
+    from mrsq.registry import AGGREGATORS, unknown_message
 
-    if args.planner not in PLANNERS:
-        raise UsageError(f"--planner: {unknown_message('planner', args.planner, PLANNERS.names())}")
     try:
         agg = yaml.safe_load(args.aggregator)
     except yaml.YAMLError as exc:
@@ -310,25 +304,10 @@ def main(args) -> int:
             raise UsageError(f"--{name} must be at least {least} (got {getattr(args, name)})")
     if args.noise < 0:
         raise UsageError(f"--noise must be >= 0 (got {args.noise})")
-    fields = {}
-    for item in args.planner_set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UsageError(f"--set {item!r}: write FIELD=VALUE (a planner field, e.g. num_elites=16)")
-        fields[key.strip()] = yaml.safe_load(value)
     setting = Setting(planner=args.planner, samples=args.samples, horizon=args.horizon, members=args.members,
                       aggregator=agg, noise=args.noise, truth=args.truth, trials=args.trials, seed=args.seed,
-                      planner_fields=fields or None)
-    from pydantic import ValidationError
-
-    from mrsq.specs import SpecError
-
-    try:
-        result = run(setting)
-    except ValidationError as exc:
-        raise UsageError(f"--planner {args.planner} / --aggregator / --set: {validation_message(exc)}") from None
-    except SpecError as exc:
-        raise UsageError(str(exc)) from None
+                      planner_fields=fields)
+    result = run(setting)
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "per_trial_bias"}))
     else:

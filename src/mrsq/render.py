@@ -122,27 +122,27 @@ def record_episode(agent, env, path, size: int = 256, seed: int | None = None) -
     Returns ``{"path", "frames", "steps", "return", "size", "fps"}``."""
     import torch
 
+    from mrsq.planners.base import state_kept
+
     frames = FrameRenderer(env, size)
     rng = torch.get_rng_state()
-    saved = {k: v.clone() for k, v in agent.planner.named_buffers()}
     writer = None
     try:
-        obs = env.reset(seed)
-        agent.planner.reset()
-        writer = VideoWriter(path, size, getattr(env, "frame_rate", 30.0))
-        writer.write(frames.render())
-        total, steps, first, done = 0.0, 0, True, False
-        while not done:
-            action = agent.act(obs, explore=False, first=first)
-            obs, reward, terminated, truncated = env.step(action)
+        with state_kept(agent.planner):
+            obs = env.reset(seed)
+            agent.planner.reset()
+            writer = VideoWriter(path, size, getattr(env, "frame_rate", 30.0))
             writer.write(frames.render())
-            total, steps, first, done = total + reward, steps + 1, False, terminated or truncated
+            total, steps, first, done = 0.0, 0, True, False
+            while not done:
+                action = agent.act(obs, explore=False, first=first)
+                obs, reward, terminated, truncated = env.step(action)
+                writer.write(frames.render())
+                total, steps, first, done = total + reward, steps + 1, False, terminated or truncated
     finally:
         if writer is not None:
             writer.close()
         frames.close()
         torch.set_rng_state(rng)
-        for name, buffer in agent.planner.named_buffers():
-            buffer.copy_(saved[name])
     return {"path": str(path), "frames": writer.frames, "steps": steps, "return": total, "size": size,
             "fps": getattr(env, "frame_rate", 30.0)}

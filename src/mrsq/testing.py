@@ -272,6 +272,15 @@ def check_planner(name_or_spec, action_dim: int = 2, seed: int = 0):
     return planner
 
 
+def plan_steps(planner, model, obs: torch.Tensor, calls: int) -> torch.Tensor:
+    """``calls`` consecutive actions from ``obs`` (the first an episode start, so the later ones
+    start warm) -> the last action: how a planner test lets the warm start converge."""
+    action = None
+    for i in range(calls):
+        action = planner.plan(model, obs, first=i == 0)
+    return action
+
+
 def check_env(env_id: str, steps: int = 60, seed: int = 0):
     """An environment: reset and step return float32 ``[obs_dim]`` observations, finite float
     rewards and bool flags; actions in [-1, 1] of ``action_dim`` are accepted; the same seed

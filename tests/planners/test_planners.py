@@ -13,22 +13,14 @@ from mrsq.planners.mppi import MPPIPlanner, MPPISpec
 from mrsq.planners.random_shooting import RandomShootingPlanner, RandomShootingSpec
 from mrsq.planners.sampling import shift_mean, trajectory_value, weighted_stats
 from mrsq.registry import PLANNERS
-from mrsq.testing import QuadraticModel
+from mrsq.testing import QuadraticModel, plan_steps
 
 A_STAR = [0.3, -0.5]
 OBS = torch.zeros(2)
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
 def _run(planner, model, calls: int) -> torch.Tensor:
-    action = None
-    for i in range(calls):
-        action = planner.plan(model, OBS, first=i == 0)
-    return action
+    return plan_steps(planner, model, OBS, calls)
 
 
 # ------------------------------------------------------------------------------ convergence

@@ -7,6 +7,7 @@ model whose optimum is known, and reusable by any agent that has a latent model.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -64,3 +65,16 @@ class Planner(nn.Module):
     def plan(self, model: PlanningModel, obs: torch.Tensor, first: bool = False,
              explore: bool = True) -> torch.Tensor:
         raise NotImplementedError
+
+
+@contextlib.contextmanager
+def state_kept(planner: nn.Module):
+    """Give back every buffer of ``planner`` (its warm start, iCEM's kept elites) as it was on
+    entry: an evaluation or a recorded episode in the middle of training must not hand its last
+    plan to the next training action. Any ``nn.Module`` planner, not only :class:`Planner`s."""
+    saved = [b.clone() for b in planner.buffers()]
+    try:
+        yield
+    finally:
+        for buffer, value in zip(planner.buffers(), saved):
+            buffer.copy_(value)

@@ -149,9 +149,9 @@ class ICEMPlanner(IterativeSamplingPlanner):
         z0 = model.encode(obs)
         std = torch.full_like(mean, self.max_std)
         rescore = p > 0 and self.rescores(model)
-        reference = None
+        policy = reference = None
         if p > 0:
-            pi_actions, pi_params, pi_values, reference = self.policy_candidates(model, z0)
+            *policy, reference = self.policy_candidates(model, z0)
         # the last action's elites, or (an episode start) as many fresh samples, chosen on the device
         kept = torch.where(has_carried, carried, self.sample(mean, std, c)) if c else carried
         best_value = best_sequence = None
@@ -161,11 +161,7 @@ class ICEMPlanner(IterativeSamplingPlanner):
             if self.add_mean and i == len(self.populations) - 1:
                 extra.append((mean if self.policy_centred else mean.clamp(-1, 1))[None])
             params = torch.cat([params, *extra]) if extra else params
-            actions, values = self.evaluate(model, z0, params)
-            if p > 0:
-                fresh = self._score(model, z0, pi_actions) if rescore else pi_values
-                actions, values = torch.cat([pi_actions, actions]), torch.cat([fresh, values])
-                params = torch.cat([pi_params, params])
+            actions, values, params = self.score_candidates(model, z0, params, policy, rescore)
             elite_values, idx = values[:, 0].topk(k)  # sorted: the best first
             elite_params = params.index_select(0, idx)
             elite_actions = actions.index_select(0, idx)
@@ -181,8 +177,7 @@ class ICEMPlanner(IterativeSamplingPlanner):
                 best_sequence = torch.where(better, elite_actions[0], best_sequence)
         if reference is None:
             reference = reference_action(model, z0)
-        shifted = self.knot_shift @ kept if self.interpolated else torch.cat([kept[:, 1:], torch.zeros_like(kept[:, :1])], 1)
-        return best_sequence[0], mean, std, best_sequence, (idx < p).sum(), reference, best_value, shifted
+        return best_sequence[0], mean, std, best_sequence, (idx < p).sum(), reference, best_value, self.shift(kept)
 
     def end_search(self, outputs: tuple) -> None:
         (carried,) = outputs

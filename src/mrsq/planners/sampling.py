@@ -97,8 +97,8 @@ def policy_noise(std: float, rollouts: int, horizon: int, action_dim: int, devic
 
 
 def shift_mean(mean: torch.Tensor) -> torch.Tensor:
-    """Warm start: ``mean [H, A]`` advanced by one step, the last step set to 0 -> ``[H, A]``."""
-    return torch.cat([mean[1:], torch.zeros_like(mean[:1])], 0)
+    """Warm start: ``mean [..., H, A]`` advanced by one step, the last step set to 0 -> same shape."""
+    return torch.cat([mean[..., 1:, :], torch.zeros_like(mean[..., :1, :])], -2)
 
 
 def weighted_stats(actions: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -224,7 +224,7 @@ class IterativeSamplingPlanner(Planner):
         self.policy_centred = spec.center == "policy"
         self.rescore = spec.rescore_policy_trajectories
         self.num_params = spec.knots or spec.horizon  # L
-        self.interpolated = self.num_params != spec.horizon or spec.knots == 1
+        self.interpolated = self.num_params != spec.horizon  # (one knot over one step is the identity)
         self.register_buffer("mean", torch.zeros(self.num_params, action_dim), persistent=False)
         if self.interpolated:
             self.register_buffer("knot_weights", knot_matrix(spec.horizon, spec.knots), persistent=False)
@@ -252,9 +252,12 @@ class IterativeSamplingPlanner(Planner):
     def initial_mean(self, first: bool = False) -> torch.Tensor:
         """Where the search starts: zeros if ``first``, else the stored mean shifted by one step
         (in knot space: the least-squares knots of the shifted plan) -> ``[L, A]``."""
-        if first:
-            return torch.zeros_like(self.mean)
-        return self.knot_shift @ self.mean if self.interpolated else shift_mean(self.mean)
+        return torch.zeros_like(self.mean) if first else self.shift(self.mean)
+
+    def shift(self, params: torch.Tensor) -> torch.Tensor:
+        """``params [..., L, A]`` advanced by one step (the last step 0; in knot space the
+        least-squares knots of the shifted plan): the warm start of the mean and of iCEM's elites."""
+        return self.knot_shift @ params if self.interpolated else shift_mean(params)
 
     def noise(self, n: int, like: torch.Tensor) -> torch.Tensor:
         """Unit-variance sampling noise ``[n, L, A]`` (white here; iCEM colours it in time)."""
@@ -281,6 +284,23 @@ class IterativeSamplingPlanner(Planner):
         if self.policy_centred:  # closed loop: a_t = clamp(pi(z_t) + e_t) along each rollout
             return self._policy_rollout(model, z0, self.horizon, steps)
         return steps, self._score(model, z0, steps)
+
+    def score_candidates(self, model: PlanningModel, z0: torch.Tensor, params: torch.Tensor, policy, rescore: bool):
+        """Score sampled ``params [N, L, A]`` with the policy's plans ``policy = (actions [P, H, A],
+        params [P, L, A], values [P, 1])`` (or None) in front -> ``(actions, values, params)`` over
+        all ``P + N``. Re-scored policy plans share one call with the others when the candidates are
+        action sequences, so one draw of a random value ranks them all (TD-MPC2)."""
+        if policy is None:
+            return (*self.evaluate(model, z0, params), params)
+        pi_actions, pi_params, pi_values = policy
+        if rescore and not self.policy_centred:
+            actions = torch.cat([pi_actions, self.to_steps(params)])
+            values = self._score(model, z0, actions)
+        else:
+            actions, values = self.evaluate(model, z0, params)
+            fresh = self._score(model, z0, pi_actions) if rescore else pi_values
+            actions, values = torch.cat([pi_actions, actions]), torch.cat([fresh, values])
+        return actions, values, torch.cat([pi_params, params])
 
     def rescores(self, model: PlanningModel) -> bool:
         """Whether the policy's trajectories are scored again at every iteration."""
@@ -363,21 +383,11 @@ class IterativeSamplingPlanner(Planner):
         z0 = model.encode(obs)  # [1, Z]
         std = torch.full_like(mean, self.max_std)
         rescore = p > 0 and self.rescores(model)
-        reference = None
+        policy = reference = None
         if p > 0:
-            pi_actions, pi_params, pi_values, reference = self.policy_candidates(model, z0)
+            *policy, reference = self.policy_candidates(model, z0)
         for _ in range(self.iterations):
-            params = self.sample(mean, std, n - p)
-            if rescore and not self.policy_centred:  # every sequence in one call: one draw ranks them all
-                actions = torch.cat([pi_actions, self.to_steps(params)])
-                values = self._score(model, z0, actions)
-            else:
-                actions, values = self.evaluate(model, z0, params)
-                if p > 0:
-                    fresh = self._score(model, z0, pi_actions) if rescore else pi_values
-                    actions, values = torch.cat([pi_actions, actions]), torch.cat([fresh, values])
-            if p > 0:
-                params = torch.cat([pi_params, params])
+            actions, values, params = self.score_candidates(model, z0, self.sample(mean, std, n - p), policy, rescore)
             elite_values, idx = values[:, 0].topk(k)
             elite_actions = actions.index_select(0, idx)  # [K, H, A]
             weights = self.elite_weights(elite_values)

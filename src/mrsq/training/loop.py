@@ -45,6 +45,7 @@ from mrsq import registry, specs
 from mrsq.agents.base import Agent
 from mrsq.envs import Env, make_env
 from mrsq.envs.base import replay_episode
+from mrsq.planners.base import state_kept
 from mrsq.registry import AGENTS
 from mrsq.replay import LAPReplay
 from mrsq.replay import store
@@ -130,14 +131,12 @@ def evaluate(agent, env: Env, episodes: int, should_stop=None, progress: bool = 
     that falls mid-episode must not hand its last plan to the next training action.
     ``should_stop()`` is polled every step; when it returns True the evaluation is abandoned
     (:class:`EvaluationAborted`). ``progress``: a bar over the episodes' steps (``mrsq eval``)."""
-    saved = [b.clone() for b in agent.planner.buffers()]
     bar = _progress(episodes * env.max_episode_steps, progress, unit_name="eval step")
     try:
-        return _evaluate_episodes(agent, env, episodes, should_stop, bar)
+        with state_kept(agent.planner):
+            return _evaluate_episodes(agent, env, episodes, should_stop, bar)
     finally:
         bar.close()
-        for buf, value in zip(agent.planner.buffers(), saved):
-            buf.copy_(value)
 
 
 def _evaluate_episodes(agent, env: Env, episodes: int, should_stop, bar) -> Evaluation:
@@ -212,19 +211,13 @@ class Trainer:
             torch.set_num_threads(t.threads)
         seed_everything(t.seed)
         self.device = resolve_device(t.device)
-        if t.video_every:  # MuJoCo reads MUJOCO_GL once, when the first env imports it
-            from mrsq.render import RenderError, ensure_backend
-
-            try:
-                ensure_backend()
-            except RenderError:
-                pass  # the warning comes from _video_setup, with the reason
+        backend_error = self._choose_render_backend(t)  # before the first env imports MuJoCo
         self.env = make_env(t.env, t.seed)
         self.eval_env = make_env(t.env, t.seed + 100)
         # env-dependent defaults ("auto": TD-MPC2's warm-up, rho) become values here, so spec.yaml,
         # the checkpoints and a resume all hold the values this run used
         self.spec = spec = spec.for_env(self.env)
-        self._video_env = self._video_setup(t)
+        self._video_env = self._video_setup(t, backend_error)
         self.runtime = resolve_runtime(spec.precision, spec.compile, self.device)
         self.agent = build_agent(spec, self.env, self.device, self.runtime)
         r = spec.replay
@@ -533,19 +526,37 @@ class Trainer:
         self._notify("eval", row)
         return True
 
-    def _video_setup(self, t):
+    @staticmethod
+    def _choose_render_backend(t):
+        """With videos asked for, settle MuJoCo's GL backend now (it reads ``MUJOCO_GL`` once, when
+        the first env imports it); the :class:`mrsq.render.RenderError` if there is none, else None."""
+        if not t.video_every:
+            return None
+        from mrsq.render import RenderError, ensure_backend
+
+        try:
+            ensure_backend()
+        except RenderError as exc:
+            return exc
+        return None
+
+    def _video_setup(self, t, backend_error):
         """The env videos are recorded on (its own instance and seed), or None: no videos asked
-        for, or no renderer, which is a warning before any work (training goes on without them)."""
+        for, or no renderer (``backend_error``, or a GL context that cannot be made), which is a
+        warning before any work (training goes on without them)."""
         if not t.video_every:
             return None
         from mrsq.render import FrameRenderer, RenderError
 
-        env = make_env(t.env, t.seed + 200)
-        try:
-            FrameRenderer(env, t.video_size).close()  # one render now: a missing GL library shows here
-        except RenderError as exc:
+        env, problem = make_env(t.env, t.seed + 200), backend_error
+        if problem is None:
+            try:
+                FrameRenderer(env, t.video_size).close()  # a renderer now: a GL context that fails shows here
+            except RenderError as exc:
+                problem = exc
+        if problem is not None:
             env.close()
-            print(f"mrsq: warning: train.video_every={t.video_every} but {exc}; training without videos",
+            print(f"mrsq: warning: train.video_every={t.video_every} but {problem}; training without videos",
                   file=sys.stderr)
             return None
         return env
