@@ -17,7 +17,7 @@ import pytest
 from mrsq import specs, sweep
 from mrsq.runs import RunFolderError, load_runs
 
-from conftest import cli_env
+from tests.conftest import cli_env
 
 
 # ---------------------------------------------------------------------------------- helpers
