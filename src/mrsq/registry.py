@@ -132,6 +132,7 @@ def _where(obj: Any) -> str:
 
 
 ENCODERS: Registry = Registry("encoder")
+PIXEL_ENCODERS: Registry = Registry("pixel encoder")
 CRITICS: Registry = Registry("critic")
 AGGREGATORS: Registry = Registry("aggregator")
 POLICIES: Registry = Registry("policy")
@@ -141,7 +142,8 @@ ENVS: Registry = Registry("env")
 PRESETS: Registry = Registry("preset")
 
 FAMILIES: dict[str, Registry] = {r.family: r for r in
-                                 (ENCODERS, CRITICS, AGGREGATORS, POLICIES, PLANNERS, AGENTS, ENVS, PRESETS)}
+                                 (ENCODERS, PIXEL_ENCODERS, CRITICS, AGGREGATORS, POLICIES, PLANNERS, AGENTS, ENVS,
+                                  PRESETS)}
 
 
 def import_module(path: str) -> None:

@@ -45,6 +45,8 @@ def check_encoder(name_or_spec, obs_dim: int = OBS_DIM, action_dim: int = ACTION
     spec = _spec(ENCODERS, name_or_spec)
     model = ENCODERS.get(spec.type)(spec, obs_dim, action_dim)
     obs, act = torch.randn(batch, obs_dim), torch.rand(batch, action_dim) * 2 - 1
+    if getattr(spec, "pixels", None) is not None:  # pixels arrive as uint8 frames
+        obs = torch.randint(0, 256, (batch, obs_dim), dtype=torch.uint8)
     zs = model.zs(obs)
     assert zs.shape == (batch, spec.zs_dim), f"{spec.type}: zs shape {tuple(zs.shape)}"
     zsa = model.zsa(zs, act)
@@ -282,7 +284,8 @@ def plan_steps(planner, model, obs: torch.Tensor, calls: int) -> torch.Tensor:
 
 
 def check_env(env_id: str, steps: int = 60, seed: int = 0):
-    """An environment: reset and step return float32 ``[obs_dim]`` observations, finite float
+    """An environment: reset and step return ``[obs_dim]`` observations of its ``obs_dtype``
+    (float32; uint8 pixels), finite float
     rewards and bool flags; actions in [-1, 1] of ``action_dim`` are accepted; the same seed
     gives the same first observation."""
     from mrsq.envs import make_env
@@ -297,7 +300,8 @@ def check_env(env_id: str, steps: int = 60, seed: int = 0):
             obs = np.asarray(obs)
             assert obs.shape == (env.obs_dim,), f"{env_id}: {where} gave an observation of shape {obs.shape}, " \
                                                f"expected ({env.obs_dim},)"
-            assert obs.dtype == np.float32, f"{env_id}: {where} gave {obs.dtype} observations, expected float32"
+            expected = np.dtype(getattr(env, "obs_dtype", np.float32))
+            assert obs.dtype == expected, f"{env_id}: {where} gave {obs.dtype} observations, expected {expected}"
             assert np.isfinite(obs).all(), f"{env_id}: {where} gave a non-finite observation"
 
         obs = env.reset(seed=seed)

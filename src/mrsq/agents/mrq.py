@@ -420,9 +420,14 @@ class MRQ(Agent):
         return loss, dyn, rew, term
 
     def encoder_step(self, batch) -> dict[str, torch.Tensor]:
+        obs, next_obs = batch.obs, batch.next_obs
+        if self.encoder.pixels:
+            # MR.Q's random shifts (maybe_augment_state), on the frames the loss encodes: the first
+            # observation of each window and every next observation
+            obs, next_obs = self.encoder.augment(obs[:, :1]), self.encoder.augment(next_obs)
         loss, (dyn, rew, term), _ = self.optimize(
             self.compiled_encoder_loss, self.encoder_optim,
-            batch.obs, batch.action, batch.reward, batch.next_obs, batch.terminated)
+            obs, batch.action, batch.reward, next_obs, batch.terminated)
         return self._encoder_metrics(loss, dyn, rew, term)
 
     def target_noise(self, batch_size: int) -> torch.Tensor:
@@ -479,9 +484,12 @@ class MRQ(Agent):
     def critic_step(self, batch):
         noise = self.target_noise(batch.reward.shape[0])
         members = draw_members(self.target_aggregate, self.num_members, self.gammas.device)
+        obs0, last_next_obs = batch.obs[:, 0], batch.next_obs[:, -1]
+        if self.encoder.pixels:  # MR.Q shifts the value batch's frames too
+            obs0, last_next_obs = self.encoder.augment(obs0), self.encoder.augment(last_next_obs)
         loss, (q, target, zs, zsa), grad_norm = self.optimize(
             self.compiled_critic_loss, self.critic_optim,
-            batch.obs[:, 0], batch.action[:, 0], batch.reward, batch.terminated, batch.next_obs[:, -1], noise,
+            obs0, batch.action[:, 0], batch.reward, batch.terminated, last_next_obs, noise,
             members, clip=(self.critic.parameters(), self.hp.critic_grad_clip))
         q = q.detach()
         td_error = self.critic.td_error(q, target)

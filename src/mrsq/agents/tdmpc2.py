@@ -380,8 +380,11 @@ class TDMPC2(Agent):
     def _update_once(self, replay) -> dict[str, torch.Tensor]:
         s = self.spec
         batch = replay.sample(s.batch_size, horizon=s.horizon).to(self.device)
+        obs, next_obs = batch.obs, batch.next_obs
+        if self.encoder.pixels:  # shifts on the encoded frames only (a no-op for TD-MPC2's own ShiftAug)
+            obs, next_obs = self.encoder.augment(obs[:, :1]), self.encoder.augment(next_obs)
         loss, (cons, rew, value, term, latents, q_mean, alive), norm = self.optimize(
-            self.compiled_model_loss, self.model_optim, batch.obs, batch.action, batch.reward, batch.next_obs,
+            self.compiled_model_loss, self.model_optim, obs, batch.action, batch.reward, next_obs,
             batch.terminated, clip=(list(self.encoder.parameters()) + list(self.critic.parameters()), s.optim.grad_clip))
         with frozen(self.critic):
             pi_loss, (entropy, spread), _ = self.optimize(self.compiled_policy_loss, self.policy_optim, latents.detach(), alive,

@@ -16,7 +16,8 @@ from tensordict.nn import TensorDictModule
 from torch import nn
 
 from mrsq.nn import MLP, activation, init_linear_, ln_act
-from mrsq.specs import Spec
+from mrsq.registry import PIXEL_ENCODERS
+from mrsq.specs import Spec, component
 
 
 class EncoderSpec(Spec):
@@ -31,6 +32,9 @@ class EncoderSpec(Spec):
     hidden_layer_norm_affine: bool = Field(
         False, description="learnable scale and shift in the hidden layers' LNs of f and g (TD-MPC2: yes; "
                            "MR.Q: no)")
+    pixels: component(PIXEL_ENCODERS) | None = Field(
+        None, description="a conv stack for pixel observations in place of f's MLP (mrq: MR.Q's, tdmpc2: "
+                          "TD-MPC2's); None: state vectors")
     in_keys: list[str] = Field(default_factory=lambda: ["observation"])
     out_keys: list[str] = Field(default_factory=lambda: ["zs"])
 
@@ -38,7 +42,8 @@ class EncoderSpec(Spec):
 class LatentModel(nn.Module):
     """MR.Q's encoder with two hooks, ``zs_head`` and ``dynamics_head``, that variants override.
 
-    ``f``: obs ``[B, obs]`` -> ``zs [B, zs_dim]``: MLP obs->h->h->zs_dim, LN+act after every layer.
+    ``f``: obs ``[B, obs]`` -> ``zs [B, zs_dim]``: MLP obs->h->h->zs_dim, LN+act after every layer
+    (pixels: a conv stack of :mod:`mrsq.encoders.pixels` and a projection to zs_dim, then the head).
     ``g``: (zs, a) -> ``zsa [B, zsa_dim]``: za = act(Linear(a)); MLP(zs+za -> h -> h -> zsa).
     head: Linear(zsa -> 1 + zs_dim + num_bins) = (termination logit, next zs, reward logits).
     """
@@ -50,7 +55,12 @@ class LatentModel(nn.Module):
         self.obs_dim, self.action_dim, self.zs_dim, self.num_bins = obs_dim, action_dim, s.zs_dim, s.num_bins
         self.act = activation(s.activation)
         affine = s.hidden_layer_norm_affine
-        self.f = MLP([obs_dim, s.hidden_dim, s.hidden_dim, s.zs_dim], s.activation, affine=affine)
+        if s.pixels is not None:
+            from mrsq.encoders.pixels import build_pixel_state_encoder
+
+            self.f = build_pixel_state_encoder(s.pixels, obs_dim, s.zs_dim)
+        else:
+            self.f = MLP([obs_dim, s.hidden_dim, s.hidden_dim, s.zs_dim], s.activation, affine=affine)
         self.za = init_linear_(nn.Linear(action_dim, s.za_dim))
         self.g = MLP([s.zs_dim + s.za_dim, s.hidden_dim, s.hidden_dim, s.zsa_dim], s.activation, affine=affine)
         self.head = init_linear_(nn.Linear(s.zsa_dim, 1 + s.zs_dim + s.num_bins))
@@ -63,6 +73,16 @@ class LatentModel(nn.Module):
     def dynamics_head(self, x: torch.Tensor) -> torch.Tensor:
         """Output non-linearity of the next-latent prediction (MR.Q: none)."""
         return x
+
+    @property
+    def pixels(self) -> bool:
+        """Whether ``f`` encodes pixels (a conv stack)."""
+        return self.spec.pixels is not None
+
+    def augment(self, obs: torch.Tensor) -> torch.Tensor:
+        """Training-batch augmentation of observations ``[..., obs_dim]`` before they are
+        encoded (MR.Q's random shifts on pixels; the identity on state vectors)."""
+        return self.f.augment(obs) if self.pixels else obs
 
     # -- the model -----------------------------------------------------------------------
     def zs(self, obs: torch.Tensor) -> torch.Tensor:

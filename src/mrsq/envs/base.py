@@ -4,8 +4,10 @@ Environments are named by a prefixed id, ``<prefix>:<name>``, e.g. ``gym:HalfChe
 ``dmc:cheetah-run``. The prefix picks a factory registered in :data:`mrsq.registry.ENVS`
 (``factory(name: str, seed: int) -> Env``); :func:`make_env` splits the id and calls it.
 
-Everything here is plain numpy (no TensorDict): observations are flat ``float32`` vectors and
-the agent always acts in ``[-1, 1]^action_dim``; each wrapper rescales to its env's bounds.
+Everything here is plain numpy (no TensorDict): observations are flat vectors (``float32``, or
+``uint8`` pixels: a stack of ``frame_stack`` RGB frames, channel-major, oldest first, so that
+``obs.reshape(obs_shape)`` is the ``[3 * frame_stack, size, size]`` image) and the agent always acts
+in ``[-1, 1]^action_dim``; each wrapper rescales to its env's bounds.
 """
 
 from __future__ import annotations
@@ -24,23 +26,39 @@ class EnvError(ValueError):
 
 
 class Env(abc.ABC):
-    """A single continuous-control environment with flat float32 observations.
+    """A single continuous-control environment with flat observations.
 
     Attributes:
         env_id: the prefixed id it was made from (``gym:HalfCheetah-v5``).
         obs_dim: length of the observation vector.
         action_dim: length of the action vector; actions are in ``[-1, 1]``.
         max_episode_steps: the episode length in agent steps (after any action repeat).
+        obs_dtype: ``np.float32`` (state vectors) or ``np.uint8`` (pixels).
+        frame_stack: frames per observation (pixels; 0 for state vectors). A pixel observation
+            is ``frame_stack`` frames of ``obs_dim // frame_stack`` values, oldest first, and
+            the next observation within an episode drops the oldest and appends one frame
+            (what :class:`mrsq.replay.FrameStorage` relies on to store each frame once).
     """
 
     env_id: str
     obs_dim: int
     action_dim: int
     max_episode_steps: int
+    obs_dtype: type = np.float32
+    frame_stack: int = 0
+
+    @property
+    def obs_shape(self) -> tuple[int, ...]:
+        """The observation's natural shape (``(obs_dim,)``; pixels: ``(3 * frame_stack, size, size)``)."""
+        return (self.obs_dim,)
+
+    @property
+    def pixels(self) -> bool:
+        return self.frame_stack > 0
 
     @abc.abstractmethod
     def reset(self, seed: int | None = None) -> np.ndarray:
-        """Start an episode and return the first observation (float32, shape ``[obs_dim]``)."""
+        """Start an episode and return the first observation (``obs_dtype``, shape ``[obs_dim]``)."""
 
     @abc.abstractmethod
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:

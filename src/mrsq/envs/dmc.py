@@ -1,8 +1,20 @@
-"""DeepMind Control suite tasks, registered under the ``dmc`` prefix (``dmc:cheetah-run``).
+"""DeepMind Control suite tasks: ``dmc:cheetah-run`` (state vectors), ``dmcpix:cheetah-run`` (pixels).
 
 Follows the MR.Q protocol: action repeat 2, episodes of 1000 frames (500 agent steps), rewards
 summed over the repeated frames (so an episode's return is still at most 1000). The observation
 dict is flattened into one float32 vector in the task's (fixed) key order.
+
+``dmcpix:<domain>-<task>[@<size>]`` observes pixels instead, as MR.Q's public code does for its
+visual DMC tasks (MRQ/env_preprocessing.py, ``DmcHyperparameters`` and ``DmcPreprocessing``):
+84x84 RGB (``image_size = 84``), the last 3 frames stacked (``visual_history = 3``; the reset
+frame fills the stack, lines "for _ in range(self.history): self.history_queue.append(obs)"),
+camera 0 except quadruped's camera 2 (``render``), one frame per agent step, taken after the
+action repeat. ``@64`` gives TD-MPC2's 64x64 frames (its envs/wrappers/pixels.py: 3 frames, same
+cameras). The observation is uint8, flat: ``[3 * 3 * size * size]``, frames oldest first, so
+``obs.reshape(9, size, size)`` is MR.Q's ``[history * 3, H, W]`` state. Frames come from MuJoCo's
+renderer on the task's physics (:class:`mrsq.render.FrameRenderer`, the renderer of videos;
+dm_control's ``physics.render`` draws the same scene through a second context), so pixel tasks
+need a GL backend: OSMesa on a CPU machine (``apt-get install -y libosmesa6``), EGL on a GPU one.
 
 dm_control is used directly rather than through torchrl wrappers to keep the step loop lean.
 """
@@ -19,6 +31,9 @@ from mrsq.registry import ENVS
 
 ACTION_REPEAT = 2
 FRAMES_PER_EPISODE = 1000
+PIXEL_SIZE = 84  # MR.Q: DmcHyperparameters.image_size
+PIXEL_FRAMES = 3  # MR.Q: DmcHyperparameters.visual_history (TD-MPC2: num_frames=3)
+CAMERAS = {"quadruped": 2}  # MR.Q's render() and TD-MPC2's dmcontrol.py; camera 0 elsewhere
 
 
 def _suite():
@@ -54,6 +69,7 @@ class DMCEnv(Env):
 
     def __init__(self, name: str, seed: int) -> None:
         domain, task = _split(name)
+        self.domain = domain
         self.env_id = f"dmc:{name}"
         self._env = _suite().load(domain, task, task_kwargs={"random": seed})
         self.frame_rate = 1.0 / (self._env.control_timestep() * ACTION_REPEAT)  # one frame per agent step
@@ -103,10 +119,71 @@ class DMCEnv(Env):
 
     def physics_handles(self):
         physics = self._env.physics
-        return physics.model.ptr, physics.data.ptr, 0  # camera 0: each task's tracking camera
+        # camera 0: each task's tracking camera (quadruped's camera 2, as MR.Q and TD-MPC2 render it)
+        return physics.model.ptr, physics.data.ptr, CAMERAS.get(self.domain, 0)
 
     def close(self) -> None:
         self._env.close()
+
+
+def _split_size(name: str) -> tuple[str, int]:
+    """``'cartpole-swingup@64'`` -> ``('cartpole-swingup', 64)``; no ``@``: MR.Q's 84."""
+    task, sep, size = name.partition("@")
+    if not sep:
+        return task, PIXEL_SIZE
+    if not size.isdigit() or not 16 <= int(size) <= 512:
+        raise EnvError(f"dmcpix:{name}: the image size after '@' must be a number of pixels in 16..512 "
+                       f"(e.g. dmcpix:{task}@64)")
+    return task, int(size)
+
+
+class DMCPixelEnv(DMCEnv):
+    """A dm_control task observed through its camera: the last 3 RGB frames, uint8, flat."""
+
+    obs_dtype = np.uint8
+    frame_stack = PIXEL_FRAMES
+
+    def __init__(self, name: str, seed: int) -> None:
+        from mrsq import render
+
+        task, self.size = _split_size(name)
+        try:
+            render.ensure_backend()  # before dm_control imports MuJoCo
+        except render.RenderError as exc:
+            raise EnvError(f"dmcpix:{name} observes pixels, and {exc}") from None
+        super().__init__(task, seed)
+        self.env_id = f"dmcpix:{name}"
+        self.obs_dim = PIXEL_FRAMES * 3 * self.size * self.size
+        try:
+            self._renderer = render.FrameRenderer(self, self.size)
+        except render.RenderError as exc:
+            raise EnvError(f"dmcpix:{name} observes pixels, and {exc}") from None
+        self._stack: list[np.ndarray] = []
+
+    @property
+    def obs_shape(self) -> tuple[int, ...]:
+        return (3 * PIXEL_FRAMES, self.size, self.size)
+
+    def _frame(self) -> np.ndarray:
+        # [H, W, 3] -> channel-major [3 * H * W] (MR.Q: .transpose(2, 0, 1))
+        return np.ascontiguousarray(self._renderer.render().transpose(2, 0, 1)).ravel()
+
+    def _observe(self) -> np.ndarray:
+        return np.concatenate(self._stack)
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        super().reset(seed)
+        self._stack = [self._frame()] * PIXEL_FRAMES  # the first frame fills the stack (MR.Q, TD-MPC2)
+        return self._observe()
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
+        _, reward, terminated, truncated = super().step(action)
+        self._stack = self._stack[1:] + [self._frame()]
+        return self._observe(), reward, terminated, truncated
+
+    def close(self) -> None:
+        self._renderer.close()
+        super().close()
 
 
 @ENVS.register("dmc", help="dm_control suite task domain-task, action repeat 2 (dmc:cheetah-run)")
@@ -116,3 +193,10 @@ def make_dmc(name: str, seed: int) -> Env:
 
 
 make_dmc.knows = lambda name: name in _task_names()  # lets ids without a prefix get a suggestion
+
+
+@ENVS.register("dmcpix", help="dm_control task from pixels: 3 stacked 84x84 RGB frames, uint8, as MR.Q "
+                              "(dmcpix:cartpole-swingup; @64 for 64x64); needs a renderer (libosmesa6)")
+def make_dmc_pixels(name: str, seed: int) -> Env:
+    """Build ``dmcpix:<domain>-<task>[@<size>]`` with its task RNG seeded by ``seed``."""
+    return DMCPixelEnv(name, seed)

@@ -22,6 +22,18 @@ Priorities (LAP): a start is drawn with probability proportional to ``priority *
 ``update_priority`` stores ``max(td_error, min_priority) ** alpha``; new transitions get the
 running maximum priority. The maximum stays a 0-d tensor, so no host sync is needed per step.
 
+Pixel observations (``frame_stack = k > 0``): frames are stored once, in a ring of uint8 frames
+(``F`` slots, a little more than ``C``), and each transition slot holds two frame ids: the newest
+frame of its observation's stack and of its next observation's (a stack is the ``k`` consecutive
+ids ending there). Within an episode an observation is the previous next observation, and the
+next observation shares all but one frame with it, so a step writes one frame; an episode's first
+observation writes its ``k`` frames. Each ``add`` checks this bitwise against the stored frames
+and writes whatever differs, so storage is exact for any input (MR.Q's buffer.py keeps per-slot
+index lists of the last ``history`` frames in the transitions' own ring instead; separate frame
+ids keep transition slots = transitions, which LAP's validity rules below rely on). When the
+frame ring wraps faster than the transition ring (episodes shorter than about ``100 k`` steps)
+the oldest transitions lose their frames first; their starts are invalidated, in order.
+
 Device storage (``device="cuda"``): ``add`` still writes the host arrays (a few numpy stores per
 step); before each draw the rows written since the last one (plus the ``H`` slots before them,
 whose validity an ``add`` may change) are copied to a device mirror in one transfer, and
@@ -42,14 +54,24 @@ from mrsq.runtime import host_to_device
 
 _CONFIG_KEYS = ("obs_dim", "action_dim", "capacity", "horizon")
 _ARRAY_KEYS = ("obs", "action", "reward", "next_obs", "terminated", "valid")
+_FRAME_ARRAY_KEYS = ("obs_id", "action", "reward", "next_id", "terminated", "valid")
 _BOOKKEEPING_KEYS = (
     "priority", "max_priority", "num_added", "episode_length", "env_terminates", "rng_state"
 )
+_FRAME_BOOKKEEPING_KEYS = ("frame_stack", "num_frames", "oldest_live")
+
+
+def frame_ring_size(capacity: int, frame_stack: int, horizon: int) -> int:
+    """Frame slots kept for ``capacity`` transitions: one per transition, 1% more for the ``k``
+    frames of each episode's first observation (DMC's 500-step episodes need 0.6% at ``k = 3``),
+    and never fewer than the frames of a few windows."""
+    return capacity + capacity // 100 + 2 * frame_stack * (horizon + 1)
 
 
 @dataclass(frozen=True)
 class ReplayBatch:
-    """``B`` subtrajectory windows of ``H`` consecutive steps, all float32 except ``indices``.
+    """``B`` subtrajectory windows of ``H`` consecutive steps, float32 except ``indices`` and
+    pixel observations (uint8).
 
     Attributes:
         obs: ``[B, H, obs_dim]``.
@@ -119,6 +141,9 @@ class LAPReplay:
         device: where priorities live and batches are drawn and gathered (host arrays are
             mirrored there when it is not the CPU; see the module docstring).
         _mirror: use the device-mirror code path even on the CPU (for tests of that path).
+        frame_stack: 0 for vector observations (float32 rows); ``k > 0`` for pixels: uint8
+            observations of ``k`` frames of ``obs_dim // k`` values each, stored once in a frame
+            ring (see the module docstring).
     """
 
     def __init__(
@@ -133,8 +158,14 @@ class LAPReplay:
         seed: int | None = None,
         device: torch.device | str = "cpu",
         _mirror: bool = False,
+        frame_stack: int = 0,
     ) -> None:
         self._obs_dim = _require_int("obs_dim", obs_dim, 1)
+        self._frame_stack = _require_int("frame_stack", frame_stack, 0)
+        if self._frame_stack and self._obs_dim % self._frame_stack:
+            raise ValueError(f"obs_dim ({obs_dim}) is not a whole number of frames (frame_stack {frame_stack})")
+        self._frame_size = self._obs_dim // max(self._frame_stack, 1)
+        self._array_keys = _FRAME_ARRAY_KEYS if self._frame_stack else _ARRAY_KEYS
         self._action_dim = _require_int("action_dim", action_dim, 1)
         self._horizon = _require_int("horizon", horizon, 1)
         self._capacity = _require_int("capacity", capacity, 1)
@@ -158,22 +189,52 @@ class LAPReplay:
             self._generator.manual_seed(seed)
 
     @staticmethod
-    def storage_bytes(obs_dim: int, action_dim: int, capacity: int) -> int:
-        """Bytes of one copy of the storage (float32 rows, validity and priority)."""
-        return 4 * capacity * (2 * obs_dim + action_dim + 4)
+    def storage_bytes(obs_dim: int, action_dim: int, capacity: int, frame_stack: int = 0, horizon: int = 5) -> int:
+        """Bytes of one copy of the storage: float32 rows, validity and priority; pixels
+        (``frame_stack > 0``): the uint8 frame ring and two int64 frame ids per transition."""
+        if not frame_stack:
+            return 4 * capacity * (2 * obs_dim + action_dim + 4)
+        frames = frame_ring_size(capacity, frame_stack, horizon) * (obs_dim // frame_stack)
+        return frames + capacity * (16 + 4 * (action_dim + 4))
+
+    @property
+    def frame_stack(self) -> int:
+        """Frames per observation (0: vector observations)."""
+        return self._frame_stack
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this buffer's host storage holds (the arrays allocated for ``capacity``)."""
+        arrays = [getattr(self, f"_{key}") for key in self._array_keys]
+        if self._frame_stack:
+            arrays.append(self._frames)
+        return sum(a.nbytes for a in arrays) + self._priority.numel() * 4
 
     def _allocate_storage(self) -> None:
         """Create zeroed numpy arrays (``[C, ...]``), their torch views and the bookkeeping."""
         c = self._capacity
-        self._obs = np.zeros((c, self._obs_dim), dtype=np.float32)
+        if self._frame_stack:
+            self._num_frames_ring = frame_ring_size(c, self._frame_stack, self._horizon)
+            self._frames = np.zeros((self._num_frames_ring, self._frame_size), dtype=np.uint8)
+            self._obs_id = np.zeros(c, dtype=np.int64)
+            self._next_id = np.zeros(c, dtype=np.int64)
+            host = torch.from_numpy(self._frames)
+            self._frames_t = torch.zeros_like(host, device=self._device) if self._mirrored else host
+            self._num_frames = 0  # frames ever written; frame id f lives in slot f % F
+            self._frames_synced = 0
+            self._oldest_live = 0  # transitions before this one lost a frame to the ring
+            self._oldest_live_synced = 0
+            self._stack_offsets = torch.arange(1 - self._frame_stack, 1, device=self._device)
+        else:
+            self._obs = np.zeros((c, self._obs_dim), dtype=np.float32)
+            self._next_obs = np.zeros((c, self._obs_dim), dtype=np.float32)
         self._action = np.zeros((c, self._action_dim), dtype=np.float32)
         self._reward = np.zeros(c, dtype=np.float32)
-        self._next_obs = np.zeros((c, self._obs_dim), dtype=np.float32)
         self._terminated = np.zeros(c, dtype=np.float32)
         self._valid = np.zeros(c, dtype=np.float32)
         # On the CPU: views sharing memory with the arrays above (only ever written in place).
         # Elsewhere: device copies, brought up to date by _sync_device before each read.
-        for key in _ARRAY_KEYS:
+        for key in self._array_keys:
             host = torch.from_numpy(getattr(self, f"_{key}"))
             setattr(self, f"_{key}_t", torch.zeros_like(host, device=self._device) if self._mirrored else host)
         self._synced = 0  # transitions (num_added) already mirrored to the device
@@ -259,10 +320,13 @@ class LAPReplay:
         assigned lazily (see ``_assign_new_priorities``).
         """
         slot = self._num_added % self._capacity
-        self._obs[slot] = obs
+        if self._frame_stack:
+            self._add_frames(slot, obs, next_obs)
+        else:
+            self._obs[slot] = obs
+            self._next_obs[slot] = next_obs
         self._action[slot] = action
         self._reward[slot] = reward
-        self._next_obs[slot] = next_obs
         self._terminated[slot] = bool(terminated)
         # The start stored in this slot is new and incomplete. Starts whose window covers this slot
         # are slot-H+1 .. slot-1, which hold the H-1 previous transitions (C > H): they are either
@@ -282,6 +346,42 @@ class LAPReplay:
         elif truncated:
             self._episode_length = 0
 
+    # ------------------------------------------------------------------ frames (pixels)
+
+    def _stack_ids(self, newest: int) -> np.ndarray:
+        return np.arange(newest - self._frame_stack + 1, newest + 1) % self._num_frames_ring
+
+    def _write_frames(self, frames: np.ndarray) -> int:
+        """Append ``frames [n, frame_size]`` to the ring -> the id of the last; transitions that
+        referenced the frames overwritten lose their starts (oldest first)."""
+        n = len(frames)
+        self._frames[np.arange(self._num_frames, self._num_frames + n) % self._num_frames_ring] = frames
+        self._num_frames += n
+        lost = self._num_frames - self._num_frames_ring  # frame ids below this are gone
+        oldest = max(self._oldest_live, self._num_added - self._capacity)
+        while oldest < self._num_added and self._obs_id[oldest % self._capacity] - self._frame_stack < lost - 1:
+            slot = oldest % self._capacity
+            self._num_valid -= int(self._valid[slot])
+            self._valid[slot] = 0.0
+            oldest += 1
+        self._oldest_live = oldest
+        return self._num_frames - 1
+
+    def _add_frames(self, slot: int, obs: Any, next_obs: Any) -> None:
+        """Frame ids of a transition, writing only the frames not stored already."""
+        k, size = self._frame_stack, self._frame_size
+        obs = np.asarray(obs).reshape(k, size)
+        next_obs = np.asarray(next_obs).reshape(k, size)
+        previous = self._next_id[(slot - 1) % self._capacity]
+        continues = (self._episode_length > 0 and self._num_frames > 0
+                     and np.array_equal(self._frames[self._stack_ids(previous)], obs))
+        obs_id = previous if continues else self._write_frames(obs)
+        if obs_id == self._num_frames - 1 and np.array_equal(next_obs[:-1], obs[1:]):
+            next_id = self._write_frames(next_obs[-1:])  # the usual step: one new frame
+        else:
+            next_id = self._write_frames(next_obs)
+        self._obs_id[slot], self._next_id[slot] = obs_id, next_id
+
     def _validate_episode_tail(self, last_slot: int) -> None:
         """Mark the last ``min(episode_length, H)`` starts, ending at ``last_slot``, as valid."""
         count = min(self._episode_length, self._horizon)
@@ -296,13 +396,26 @@ class LAPReplay:
             return
         c = self._capacity
         start = max(self._synced - self._horizon, self._num_added - c, 0)
+        if self._frame_stack:
+            # starts invalidated by lost frames since the last sync: from the oldest live then
+            start = max(min(start, self._oldest_live_synced), self._num_added - c, 0)
+            self._oldest_live_synced = self._oldest_live
+            self._sync_frames()
         slots = np.arange(start, self._num_added) % c
         index = torch.arange(start, self._num_added, device=self._device) % c  # made on the device: no sync
-        for key in _ARRAY_KEYS:
+        for key in self._array_keys:
             # a fancy-indexed numpy temporary is pageable memory: pinned before the async copy
             rows = host_to_device(torch.from_numpy(getattr(self, f"_{key}")[slots]), self._device)
             getattr(self, f"_{key}_t").index_copy_(0, index, rows)
         self._synced = self._num_added
+
+    def _sync_frames(self) -> None:
+        f = self._num_frames_ring
+        first = max(self._frames_synced, self._num_frames - f)
+        slots = np.arange(first, self._num_frames) % f
+        index = torch.arange(first, self._num_frames, device=self._device) % f
+        self._frames_t.index_copy_(0, index, host_to_device(torch.from_numpy(self._frames[slots]), self._device))
+        self._frames_synced = self._num_frames
 
     def _assign_new_priorities(self) -> None:
         """Give every slot written since the last call the current max priority.
@@ -380,14 +493,23 @@ class LAPReplay:
     def _gather(self, starts: torch.Tensor, horizon: int) -> ReplayBatch:
         """Collect the windows starting at ``starts`` ``[B]``; slots wrap modulo ``C``."""
         slots = (starts.unsqueeze(1) + torch.arange(horizon, device=starts.device)) % self._capacity  # [B, H]
+        if self._frame_stack:
+            obs, next_obs = self._stacks(self._obs_id_t[slots]), self._stacks(self._next_id_t[slots])
+        else:
+            obs, next_obs = self._obs_t[slots], self._next_obs_t[slots]
         return ReplayBatch(
-            obs=self._obs_t[slots],
+            obs=obs,
             action=self._action_t[slots],
             reward=self._reward_t[slots],
-            next_obs=self._next_obs_t[slots],
+            next_obs=next_obs,
             terminated=self._terminated_t[slots],
             indices=starts,
         )
+
+    def _stacks(self, newest: torch.Tensor) -> torch.Tensor:
+        """Frame ids ``[B, H]`` (the newest of each stack) -> observations ``[B, H, obs_dim]`` uint8."""
+        ids = (newest.unsqueeze(-1) + self._stack_offsets) % self._num_frames_ring  # [B, H, k]
+        return self._frames_t[ids].reshape(*newest.shape, self._obs_dim)
 
     # ------------------------------------------------------------------ priorities
 
@@ -431,9 +553,14 @@ class LAPReplay:
         n = self.size
         state: dict[str, Any] = {key: getattr(self, f"_{key}") for key in _CONFIG_KEYS}
         if arrays:
-            for key in _ARRAY_KEYS:
+            for key in self._array_keys:
                 state[key] = torch.from_numpy(getattr(self, f"_{key}")[:n].copy())
             state["valid"] = state["valid"].bool()
+            if self._frame_stack:  # the frames still in the ring, oldest first
+                ids = np.arange(max(0, self._num_frames - self._num_frames_ring), self._num_frames)
+                state["frames"] = torch.from_numpy(self._frames[ids % self._num_frames_ring])
+        if self._frame_stack:
+            state.update(frame_stack=self._frame_stack, num_frames=self._num_frames, oldest_live=self._oldest_live)
         state["priority"] = self._priority[:n].cpu().clone()
         state["max_priority"] = self._max_priority.cpu().clone()
         state["num_added"] = self._num_added
@@ -458,10 +585,15 @@ class LAPReplay:
         self._check_loadable(state, arrays)
         self._allocate_storage()
         n = min(int(state["num_added"]), self._capacity)
+        if self._frame_stack:
+            self._num_frames, self._oldest_live = int(state["num_frames"]), int(state["oldest_live"])
         if arrays:
-            for key in _ARRAY_KEYS:
+            for key in self._array_keys:
                 target = getattr(self, f"_{key}")
-                target[:n] = state[key].to(torch.float32).numpy()
+                target[:n] = state[key].numpy().astype(target.dtype)
+            if self._frame_stack:
+                frames = state["frames"].numpy()
+                self._frames[np.arange(self._num_frames - len(frames), self._num_frames) % self._num_frames_ring] = frames
         else:
             self._valid[:n] = np.unpackbits(state["valid_bits"].numpy(), count=n)
         self._num_valid = int(np.count_nonzero(self._valid[:n]))
@@ -472,6 +604,9 @@ class LAPReplay:
         self._episode_length = int(state["episode_length"])
         self._env_terminates = bool(state["env_terminates"])
         self._synced = max(self._num_added - self._capacity, 0)  # mirror everything on next read
+        if self._frame_stack:
+            self._frames_synced = max(self._num_frames - self._num_frames_ring, 0)
+            self._oldest_live_synced = self._oldest_live
         # a generator's state only fits a generator of the same device type; across devices
         # (a CPU checkpoint resumed on a GPU) the draw sequence restarts from this buffer's seed
         if bool(state.get("rng_on_device", False)) == (self._device.type != "cpu"):
@@ -479,7 +614,12 @@ class LAPReplay:
 
     def _check_loadable(self, state: dict[str, Any], arrays: bool = True) -> None:
         """Raise ValueError if ``state`` is incomplete or was saved with another configuration."""
-        required = (*_CONFIG_KEYS, *(_ARRAY_KEYS if arrays else ("valid_bits",)), *_BOOKKEEPING_KEYS)
+        frame_keys = _FRAME_BOOKKEEPING_KEYS + (("frames",) if arrays else ()) if self._frame_stack else ()
+        required = (*_CONFIG_KEYS, *(self._array_keys if arrays else ("valid_bits",)), *_BOOKKEEPING_KEYS,
+                    *frame_keys)
+        if int(state.get("frame_stack", 0)) != self._frame_stack:
+            raise ValueError(f"replay state_dict has frame_stack={state.get('frame_stack', 0)}, this buffer has "
+                             f"{self._frame_stack} (pixel and vector buffers do not mix)")
         missing = [key for key in required if key not in state]
         if missing:
             raise ValueError(f"replay state_dict is missing keys: {missing}")
@@ -490,7 +630,7 @@ class LAPReplay:
                     f"{getattr(self, f'_{key}')}"
                 )
         n = min(int(state["num_added"]), self._capacity)
-        for key in (*(_ARRAY_KEYS if arrays else ()), "priority"):
+        for key in (*(self._array_keys if arrays else ()), "priority"):
             if state[key].shape[0] != n:
                 raise ValueError(
                     f"replay state_dict entry {key!r} has {state[key].shape[0]} rows, expected {n}"

@@ -16,6 +16,12 @@ Layout of ``<run>/replay/``:
   transitions). Within an episode ``next_obs[t] == obs[t + 1]``, so this halves the observation
   bytes, which dominate a row. The check is bitwise, so storage is exact whatever was added.
 
+A pixel buffer (``frame_stack > 0``) stores its frames once here too: the rows hold the two frame
+ids of each transition instead of observations (``obs_id``, ``next_id``), and
+``<first>-<end>.frames.npy`` holds ``(id, frame)`` for the frames those transitions reference
+(from the oldest frame of the first one's stack to the newest written), so a segment loads on its
+own; consecutive segments share at most ``frame_stack - 1`` frames.
+
 Segments are immutable once written (temporary name, fsync, rename), so the previous checkpoint
 stays loadable while the next one is being written; files no kept checkpoint lists are deleted
 only after the new checkpoint is in place (:func:`collect_garbage`).
@@ -35,7 +41,7 @@ import numpy as np
 from mrsq.replay.lap import LAPReplay
 
 FOLDER = "replay"
-_SEGMENT = re.compile(r"^(\d{12})-(\d{12})(\.next)?\.npy$")
+_SEGMENT = re.compile(r"^(\d{12})-(\d{12})(\.next|\.frames)?\.npy$")
 
 
 class ReplayStoreError(ValueError):
@@ -47,12 +53,24 @@ def _name(first: int, end: int, suffix: str = "") -> str:
 
 
 def _row_dtype(replay: LAPReplay) -> np.dtype:
+    if replay.frame_stack:
+        return np.dtype([("obs_id", np.int64), ("next_id", np.int64), ("action", np.float32, (replay._action_dim,)),
+                         ("reward", np.float32), ("terminated", np.bool_)])
     return np.dtype([("obs", np.float32, (replay._obs_dim,)), ("action", np.float32, (replay._action_dim,)),
                      ("reward", np.float32), ("terminated", np.bool_)])
 
 
 def _next_dtype(replay: LAPReplay) -> np.dtype:
     return np.dtype([("index", np.int64), ("next_obs", np.float32, (replay._obs_dim,))])
+
+
+def _frame_dtype(replay: LAPReplay) -> np.dtype:
+    return np.dtype([("id", np.int64), ("frame", np.uint8, (replay._frame_size,))])
+
+
+def _companion(replay: LAPReplay) -> tuple[str, np.dtype]:
+    """The file beside each segment's rows: frames (pixels) or the explicit next observations."""
+    return (".frames", _frame_dtype(replay)) if replay.frame_stack else (".next", _next_dtype(replay))
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -78,10 +96,20 @@ def write_segment(replay: LAPReplay, folder: Path, first: int) -> list[int] | No
     folder.mkdir(parents=True, exist_ok=True)
     slots = np.arange(first, end) % replay.capacity
     rows = np.empty(len(slots), dtype=_row_dtype(replay))
-    rows["obs"] = replay._obs[slots]
     rows["action"] = replay._action[slots]
     rows["reward"] = replay._reward[slots]
     rows["terminated"] = replay._terminated[slots] > 0
+    if replay.frame_stack:
+        rows["obs_id"], rows["next_id"] = replay._obs_id[slots], replay._next_id[slots]
+        ring = replay._num_frames_ring
+        lo = max(int(rows["obs_id"][0]) - replay.frame_stack + 1, replay._num_frames - ring, 0)
+        ids = np.arange(lo, replay._num_frames)
+        frames = np.empty(len(ids), dtype=_frame_dtype(replay))
+        frames["id"], frames["frame"] = ids, replay._frames[ids % ring]
+        _save_npy(folder / _name(first, end, ".frames"), frames)
+        _save_npy(folder / _name(first, end), rows)  # the main file last: its presence marks the segment complete
+        return [first, end]
+    rows["obs"] = replay._obs[slots]
     next_obs = replay._next_obs[slots]
     # bitwise: is next_obs[t] the next row's obs? (viewed as integers, so NaNs and -0.0 compare exactly)
     explicit = np.ones(len(slots), dtype=bool)
@@ -108,6 +136,7 @@ def load(replay: LAPReplay, folder: Path, segments: list[list[int]]) -> None:
     end = replay.num_added
     start = max(0, end - replay.capacity)
     covered = start
+    suffix, companion_dtype = _companion(replay)
     for first, last in sorted(segments):
         if last <= covered:
             continue
@@ -116,20 +145,29 @@ def load(replay: LAPReplay, folder: Path, segments: list[list[int]]) -> None:
         path = folder / _name(first, last)
         try:
             rows = np.load(path, mmap_mode="r", allow_pickle=False)
-            extra = np.load(folder / _name(first, last, ".next"), allow_pickle=False)
+            extra = np.load(folder / _name(first, last, suffix), mmap_mode="r" if replay.frame_stack else None,
+                            allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise ReplayStoreError(f"{path}: unreadable replay segment ({exc})") from None
-        if rows.dtype != _row_dtype(replay) or len(rows) != last - first or extra.dtype != _next_dtype(replay):
+        if rows.dtype != _row_dtype(replay) or len(rows) != last - first or extra.dtype != companion_dtype:
             raise ReplayStoreError(f"{path}: replay segment does not match its checkpoint "
                                    f"({len(rows)} rows of {rows.dtype}, expected {last - first})")
         lo = covered - first  # first row of this segment that is still needed
         hi = min(last, end) - first
         part = np.asarray(rows[lo:hi])
         slots = np.arange(first + lo, first + hi) % replay.capacity
-        replay._obs[slots] = part["obs"]
         replay._action[slots] = part["action"]
         replay._reward[slots] = part["reward"]
         replay._terminated[slots] = part["terminated"]
+        covered = first + hi
+        if replay.frame_stack:
+            replay._obs_id[slots], replay._next_id[slots] = part["obs_id"], part["next_id"]
+            ring = replay._num_frames_ring
+            ids = np.asarray(extra["id"])
+            keep = np.flatnonzero((ids >= replay._num_frames - ring) & (ids < replay._num_frames))
+            replay._frames[ids[keep] % ring] = extra["frame"][keep]
+            continue
+        replay._obs[slots] = part["obs"]
         next_obs = np.empty_like(part["obs"])
         next_obs[:-1] = part["obs"][1:]
         keep = (extra["index"] >= lo) & (extra["index"] < hi)
@@ -137,7 +175,6 @@ def load(replay: LAPReplay, folder: Path, segments: list[list[int]]) -> None:
         if len(part) and not (extra["index"] == hi - 1).any() and hi < last - first:
             next_obs[-1] = rows[hi]["obs"]  # the needed range ends inside the segment
         replay._next_obs[slots] = next_obs
-        covered = first + hi
     if covered < end:
         raise ReplayStoreError(f"{folder}: replay segments cover transitions up to {covered}, "
                                f"the checkpoint needs them up to {end}")
@@ -147,9 +184,11 @@ def check(folder: Path, segments: list[list[int]]) -> str | None:
     """Why ``segments`` cannot be loaded from ``folder`` (missing, unreadable, wrong length), or
     None. Reads only the ``.npy`` headers (memory-mapped)."""
     for first, end in segments:
+        frames = folder / _name(first, end, ".frames")
         try:
             rows = np.load(folder / _name(first, end), mmap_mode="r", allow_pickle=False)
-            np.load(folder / _name(first, end, ".next"), mmap_mode="r", allow_pickle=False)
+            np.load(frames if frames.exists() else folder / _name(first, end, ".next"), mmap_mode="r",
+                    allow_pickle=False)
         except (OSError, ValueError) as exc:
             return f"its replay segment {first}-{end} is unreadable ({type(exc).__name__}: {str(exc)[:120]})"
         if len(rows) != end - first:

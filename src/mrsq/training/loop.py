@@ -105,10 +105,30 @@ def build_agent(spec, env: Env, device: torch.device, runtime: Runtime | None = 
     """The spec's agent on ``device``, with precision and compilation resolved for this machine."""
     runtime = runtime or resolve_runtime(spec.precision, spec.compile, device)
     spec = spec.for_env(env)  # env-dependent defaults (a no-op for a run's already resolved spec)
-    agent = AGENTS.get(spec.type)(spec, env.obs_dim, env.action_dim, runtime=runtime)
+    check_observations(spec, env)
+    try:
+        agent = AGENTS.get(spec.type)(spec, env.obs_dim, env.action_dim, runtime=runtime)
+    except ValueError as exc:
+        if getattr(getattr(spec, "encoder", None), "pixels", None) is None:
+            raise
+        raise specs.SpecError(f"{env.env_id}: {exc}") from None  # a pixel encoder that does not fit the frames
     if not isinstance(agent, Agent):
         raise TypeError(f"agent {spec.type!r} ({type(agent).__qualname__}) must subclass mrsq.agents.Agent")
     return agent.to(device)
+
+
+def check_observations(spec, env: Env) -> None:
+    """A pixel env needs an agent whose encoder has a conv stack (``encoder.pixels``), and a
+    conv stack needs pixels: raise :class:`~mrsq.specs.SpecError` saying which preset fits."""
+    pixels = getattr(getattr(spec, "encoder", None), "pixels", None)
+    if env.pixels and pixels is None:
+        raise specs.SpecError(f"{env.env_id} observes pixels ({'x'.join(map(str, env.obs_shape))} uint8), but agent "
+                              f"{spec.type!r} has no pixel encoder: use a latent agent with encoder.pixels "
+                              f"(presets mrq_pixels, mrsq_pixels, tdmpc2_pixels, or --set encoder.pixels.type=mrq)")
+    if pixels is not None and not env.pixels:
+        raise specs.SpecError(f"encoder.pixels ({pixels.type}) encodes images, but {env.env_id} observes a state "
+                              f"vector of {env.obs_dim}: use dmcpix:<task> (e.g. dmcpix:cartpole-swingup) or a "
+                              f"preset without pixels")
 
 
 @dataclass
@@ -226,12 +246,13 @@ class Trainer:
             raise specs.SpecError(f"replay.capacity ({r.capacity}) must exceed the agent's replay window "
                                   f"({horizon} transitions)")
         capacity = max(min(r.capacity, t.steps), horizon + 1)  # no larger than the run needs
-        storage = LAPReplay.storage_bytes(self.env.obs_dim, self.env.action_dim, capacity)
+        storage = LAPReplay.storage_bytes(self.env.obs_dim, self.env.action_dim, capacity, self.env.frame_stack,
+                                          horizon)
         _check_memory(storage, capacity, _activation_bytes(self.agent, spec.batch_size, horizon), spec.batch_size)
         self.replay = LAPReplay(self.env.obs_dim, self.env.action_dim, capacity=capacity,
                                 horizon=horizon, alpha=r.alpha,
                                 min_priority=r.min_priority, prioritized=r.prioritized, seed=t.seed,
-                                device=replay_device(self.device, storage))
+                                device=replay_device(self.device, storage), frame_stack=self.env.frame_stack)
         self.rng = np.random.default_rng(t.seed)
         self.spec_yaml = specs.to_yaml(spec)
         self.state = LoopState()
@@ -331,7 +352,8 @@ class Trainer:
         s.episode_actions = list(tensors["episode_actions"].numpy())
         saved_obs = tensors["obs"].numpy()
         obs = replay_episode(self.env, s.episode_rng, s.episode_actions)
-        if not np.array_equal(obs.view(np.uint32), saved_obs.view(np.uint32)):
+        # bitwise (NaNs and -0.0 compare exactly); a checkpoint's obs has the env's dtype
+        if np.asarray(obs).tobytes() != np.asarray(saved_obs, np.asarray(obs).dtype).tobytes():
             warn(f"{self.spec.train.env}: replaying the cut episode ({len(s.episode_actions)} steps) did not reach "
                  "the checkpoint's observation bit for bit (another simulator build or machine?); continuing "
                  "from the replayed state, so this run is no longer an exact continuation")
@@ -644,7 +666,7 @@ class Trainer:
                  "loop": self.rng.bit_generator.state})
         actions = (np.stack(s.episode_actions) if s.episode_actions
                    else np.zeros((0, self.env.action_dim), np.float32))
-        tensors = {"obs": torch.from_numpy(np.asarray(s.obs, np.float32).copy()),
+        tensors = {"obs": torch.from_numpy(np.asarray(s.obs, self.env.obs_dtype).copy()),
                    "episode_actions": torch.from_numpy(actions.astype(np.float32)),
                    "torch_rng": torch.get_rng_state(),
                    "planner": [b.detach().cpu().clone() for b in self.agent.planner.buffers()],
