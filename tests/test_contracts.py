@@ -86,7 +86,8 @@ def test_env_contract(env_id):
 
 
 def test_every_env_family_has_a_checked_example():
-    checked = {"fake", "nchain", "gym", "dmc"}
+    # dmcpix renders, so its contract check runs in a subprocess with OSMesa (test_pixels.py)
+    checked = {"fake", "nchain", "gym", "dmc", "dmcpix"}
     assert set(ENVS.names()) == checked, "a new env family needs an id in test_env_contract"
 
 

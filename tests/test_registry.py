@@ -113,7 +113,7 @@ def test_help_from_docstring_first_line(things):
 
 def test_global_families():
     assert sorted(registry.FAMILIES) == sorted(
-        ["encoder", "critic", "aggregator", "policy", "planner", "agent", "env", "preset"])
+        ["encoder", "pixel_encoder", "critic", "aggregator", "policy", "planner", "agent", "env", "preset"])
     for family, reg in registry.FAMILIES.items():
         assert reg.family == family
 

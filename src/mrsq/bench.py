@@ -147,6 +147,19 @@ def time_paired(fn: Callable[[], object], iters: int, repeats: int, device: torc
 
 
 # ---------------------------------------------------------------------------------- set-up
+DEFAULT_ENV = "dmc:cheetah-run"
+PIXEL_WARM_STEPS = 1_500
+
+
+def default_env(preset: str, overrides) -> str:
+    """``--env`` when not given: dmc:cheetah-run, or a pixel preset's own ``train.env``."""
+    from mrsq import specs
+
+    spec = specs.load(preset, list(overrides))
+    pixels = getattr(getattr(spec, "encoder", None), "pixels", None)
+    return spec.train.env if pixels is not None else DEFAULT_ENV
+
+
 def _setup(args, warm_steps: int = 5_000, extra_overrides: tuple[str, ...] = ()):
     from mrsq import specs
     from mrsq.envs import make_env
@@ -158,16 +171,20 @@ def _setup(args, warm_steps: int = 5_000, extra_overrides: tuple[str, ...] = ())
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    args.env = args.env or default_env(args.preset, args.overrides)
     spec = specs.load(args.preset, [*args.overrides, *extra_overrides, f"train.env={args.env}"])
     device = resolve_device(spec.train.device)
     runtime = resolve(spec.precision, spec.compile, device)
     env = make_env(args.env, 0)
     agent = build_agent(spec, env, device, runtime)
+    if env.pixels:  # each warm-up step renders a frame (~25 ms on a CPU): enough for sampling, no more
+        warm_steps = min(warm_steps, PIXEL_WARM_STEPS)
     capacity = max(warm_steps, 1_000) + 1_000
     # the replay the trainer would use here: mirrored on the GPU when it fits, as in training
+    nbytes = LAPReplay.storage_bytes(env.obs_dim, env.action_dim, capacity, env.frame_stack, agent.replay_horizon)
     replay = LAPReplay(env.obs_dim, env.action_dim, capacity=capacity,
-                       horizon=agent.replay_horizon, seed=0,
-                       device=replay_device(device, LAPReplay.storage_bytes(env.obs_dim, env.action_dim, capacity)))
+                       horizon=agent.replay_horizon, seed=0, device=replay_device(device, nbytes),
+                       frame_stack=env.frame_stack)
     obs = fill_with_random_actions(env, replay, warm_steps)
     agent.prepare(replay)
     return spec, env, agent, replay, obs, runtime
@@ -249,8 +266,34 @@ def bench_train(args) -> dict:
         ms, beside = time_paired(f, iters[k], args.repeats, dev, probe)
         rows.append(_row(k, ms, flops[k], beside))
     rows.append(_total_row("total per env step", rows))
+    rows += _pixel_rows(env, agent, replay, state, probe, args.repeats, dev)
     return {**_header("train", args, rt, ceiling, before, probe), "rows": rows,
-            "steps_per_s": 1e3 / rows[-1]["ms"]}
+            "steps_per_s": 1e3 / rows[len(parts)]["ms"]}
+
+
+def _pixel_rows(env, agent, replay, state, probe, repeats: int, dev) -> list[dict]:
+    """Pixel envs: where the time of a step goes, as rows inside the ones above (not added to
+    the total): rendering one observation frame (OSMesa rasterisation: no FLOPs torch counts, so
+    no floor), and the conv encoder's forward over one sampled batch of frames (the encoder
+    update runs it on the first observation of each window and on every next one)."""
+    if not env.pixels:
+        return []
+    renderer = env._renderer
+    ms, beside = time_paired(renderer.render, 20, repeats, dev, probe)
+    rows = [_row(f"  of which: render {env.size}px", ms, 0.0, beside)]
+    spec = agent.spec
+    horizon = getattr(spec, "encoder_horizon", agent.replay_horizon)
+    batch = replay.sample(spec.batch_size, horizon=horizon).to(dev)
+    frames = torch.cat([batch.obs[:, :1], batch.next_obs], 1).reshape(-1, batch.obs.shape[-1])
+
+    def encode():
+        with torch.no_grad():
+            agent.encoder.zs(frames)
+
+    encode()
+    ms, beside = time_paired(encode, 5, repeats, dev, probe)
+    rows.append(_row(f"  of which: conv fwd x{frames.shape[0]}", ms, count_flops(encode), beside))
+    return rows
 
 
 def bench_plan(args) -> dict:
@@ -299,15 +342,18 @@ def bench_loop(args) -> dict:
     step_ms, step_beside = time_paired(loop_step, steps, 1, dev, probe)  # warm-up + one window of `steps`
     if not burst:
         row = _row("one env step (act + update)", step_ms, count_flops(loop_step), step_beside)
-        return {**_header("loop", args, rt, ceiling, before, probe), "planner": spec.planner.type, "rows": [row],
+        rows = [row, *_pixel_rows(env, agent, replay, state, probe, args.repeats, dev)]
+        return {**_header("loop", args, rt, ceiling, before, probe), "planner": spec.planner.type, "rows": rows,
                 "steps_per_s": 1e3 / step_ms}
     enc_ms, enc_beside = time_paired(encoder, 5, args.repeats, dev, probe)
     enc_flops = count_flops(encoder)
     rows = [_row("act + update", step_ms, count_flops(loop_step), step_beside),
             _row("encoder (amortised)", enc_ms, enc_flops, enc_beside)]
     rows.append(_total_row("one env step", rows))
+    total = rows[-1]["ms"]
+    rows += _pixel_rows(env, agent, replay, state, probe, args.repeats, dev)
     return {**_header("loop", args, rt, ceiling, before, probe), "planner": spec.planner.type,
-            "rows": rows, "steps_per_s": 1e3 / rows[-1]["ms"]}
+            "rows": rows, "steps_per_s": 1e3 / total}
 
 
 def _require_critic_step(agent, bench: str) -> None:
@@ -606,6 +652,8 @@ BENCHES = {"checkpoint": bench_checkpoint, "train": bench_train, "plan": bench_p
 
 
 def main(args) -> int:
+    if not args.env:
+        args.env = default_env(args.preset, args.overrides)
     result = BENCHES[args.what](args)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

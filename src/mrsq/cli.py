@@ -520,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new", type=int, default=5000, help="`checkpoint`: transitions added before the incremental one")
     p.add_argument("--dir", help="`checkpoint`: folder on the disk to measure (default: the current one)")
     p.add_argument("--out", help="also write the JSON result to this file")
-    p.add_argument("--env", default="dmc:cheetah-run")
+    p.add_argument("--env", help="environment id (default: dmc:cheetah-run; a pixel preset's own train.env)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")

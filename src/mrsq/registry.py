@@ -132,7 +132,7 @@ def _where(obj: Any) -> str:
 
 
 ENCODERS: Registry = Registry("encoder")
-PIXEL_ENCODERS: Registry = Registry("pixel encoder")
+PIXEL_ENCODERS: Registry = Registry("pixel_encoder")
 CRITICS: Registry = Registry("critic")
 AGGREGATORS: Registry = Registry("aggregator")
 POLICIES: Registry = Registry("policy")

@@ -60,6 +60,25 @@ def check_encoder(name_or_spec, obs_dim: int = OBS_DIM, action_dim: int = ACTION
     return model
 
 
+def check_pixel_encoder(name_or_spec, frames: int = 3, batch: int = 4):
+    """A pixel encoder (conv stack) inside an SEM latent model, at its spec's frame size with 4
+    channels: the encoder contract on uint8 frame stacks, and its training-batch augmentation
+    keeps shapes and dtype."""
+    from mrsq.registry import PIXEL_ENCODERS
+
+    spec = _spec(PIXEL_ENCODERS, name_or_spec).model_copy(update={"channels": 4})
+    latent = ENCODERS.spec("sem").model_validate({"type": "sem", "zs_dim": 32, "za_dim": 16, "zsa_dim": 32,
+                                                  "hidden_dim": 32, "pixels": spec.model_dump()})
+    size = spec.DEFAULT_SIZE if spec.image_size == "auto" else spec.image_size
+    obs_dim = 3 * frames * size**2
+    model = check_encoder(latent, obs_dim=obs_dim, batch=batch)
+    obs = torch.randint(0, 256, (batch, 2, obs_dim), dtype=torch.uint8)
+    augmented = model.augment(obs)
+    assert augmented.shape == obs.shape and augmented.dtype == obs.dtype, (
+        f"{spec.type}: augment changed {tuple(obs.shape)} uint8 into {tuple(augmented.shape)} {augmented.dtype}")
+    return model
+
+
 def check_critic(name_or_spec, input_dim: int = 16, batch: int = BATCH):
     spec = _spec(CRITICS, name_or_spec)
     critic = CRITICS.get(spec.type)(spec, input_dim)
@@ -327,7 +346,7 @@ def check_env(env_id: str, steps: int = 60, seed: int = 0):
     return env
 
 
-CHECKS = {"encoder": check_encoder, "critic": check_critic, "policy": check_policy, "agent": check_agent,
+CHECKS = {"encoder": check_encoder, "pixel_encoder": check_pixel_encoder, "critic": check_critic, "policy": check_policy, "agent": check_agent,
           "aggregator": check_aggregator, "planner": check_planner, "env": check_env}
 
 

@@ -26,7 +26,7 @@ bilinear sampling at pixel centres gives, on uint8 or float images, at a fractio
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +41,11 @@ from mrsq.specs import Spec
 class PixelEncoderSpec(Spec):
     """What every conv stack shares: the frame size it expects and its augmentation."""
 
-    image_size: int = Field(84, ge=8, le=512, description="frame width and height in pixels (the env's: "
-                                                          "dmcpix: 84, dmcpix:<task>@64: 64)")
+    DEFAULT_SIZE: ClassVar[int] = 84  # the frame size of the stack's own reference (contract checks)
+
+    image_size: Annotated[int, Field(ge=8, le=512)] | Literal["auto"] = Field(
+        "auto", description="frame width and height in pixels; auto: the env's, for stacks of 3 RGB frames "
+                            "(dmcpix: 84, dmcpix:<task>@64: 64)")
     channels: int = Field(32, ge=1, description="channels of every convolution")
     shift: int = Field(4, ge=0, description="random-shift augmentation: replicate-pad this many pixels and crop "
                                             "at a random offset per image (0: off)")
@@ -73,14 +76,20 @@ class PixelEncoder(nn.Module):
     def __init__(self, spec: PixelEncoderSpec, obs_dim: int) -> None:
         super().__init__()
         self.spec = spec
-        area = spec.image_size**2
-        if obs_dim % area:
-            side = math.isqrt(obs_dim // 9) if obs_dim % 9 == 0 else None
-            hint = f" (3 stacked frames of {side}x{side}?)" if side and 9 * side * side == obs_dim else ""
-            raise ValueError(f"pixels.image_size {spec.image_size}: an observation of {obs_dim} values is not a "
-                             f"whole number of {spec.image_size}x{spec.image_size} channels{hint}; set "
-                             f"encoder.pixels.image_size to the env's frame size")
-        self.in_channels, self.size = obs_dim // area, spec.image_size
+        side = math.isqrt(obs_dim // 9) if obs_dim % 9 == 0 else 0
+        stacked = side > 0 and 9 * side * side == obs_dim  # 3 RGB frames of side x side (dmcpix)
+        size = spec.image_size
+        if size == "auto":
+            if not stacked:
+                raise ValueError(f"pixels.image_size auto: an observation of {obs_dim} values is not 3 stacked "
+                                 f"square RGB frames; set encoder.pixels.image_size")
+            size = side
+        if obs_dim % (size * size):
+            hint = f" (3 stacked frames of {side}x{side}?)" if stacked else ""
+            raise ValueError(f"pixels.image_size {size}: an observation of {obs_dim} values is not a whole number "
+                             f"of {size}x{size} channels{hint}; set encoder.pixels.image_size to the env's frame "
+                             f"size (or auto)")
+        self.in_channels, self.size = obs_dim // (size * size), size
 
     def images(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(x.shape[0], self.in_channels, self.size, self.size)
@@ -142,8 +151,8 @@ class MrqPixelEncoder(PixelEncoder):
 
 
 class TdMpc2PixelEncoderSpec(PixelEncoderSpec):
+    DEFAULT_SIZE: ClassVar[int] = 64
     type: Literal["tdmpc2"] = "tdmpc2"
-    image_size: int = Field(64, ge=8, le=512, description="frame size (TD-MPC2: 64, the env dmcpix:<task>@64)")
     shift: int = Field(3, ge=0, description="ShiftAug pad (TD-MPC2: 3)")
     shift_when: Literal["updates", "always"] = "always"
 

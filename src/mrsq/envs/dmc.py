@@ -10,7 +10,8 @@ visual DMC tasks (MRQ/env_preprocessing.py, ``DmcHyperparameters`` and ``DmcPrep
 frame fills the stack, lines "for _ in range(self.history): self.history_queue.append(obs)"),
 camera 0 except quadruped's camera 2 (``render``), one frame per agent step, taken after the
 action repeat. ``@64`` gives TD-MPC2's 64x64 frames (its envs/wrappers/pixels.py: 3 frames, same
-cameras). The observation is uint8, flat: ``[3 * 3 * size * size]``, frames oldest first, so
+cameras). ``+lite`` (``dmcpix:cartpole-balance@32+lite``) drops shadows and reflections, most of
+OSMesa's time per frame: for tests and quick checks, not MR.Q's frames. The observation is uint8, flat: ``[3 * 3 * size * size]``, frames oldest first, so
 ``obs.reshape(9, size, size)`` is MR.Q's ``[history * 3, H, W]`` state. Frames come from MuJoCo's
 renderer on the task's physics (:class:`mrsq.render.FrameRenderer`, the renderer of videos;
 dm_control's ``physics.render`` draws the same scene through a second context), so pixel tasks
@@ -34,6 +35,7 @@ FRAMES_PER_EPISODE = 1000
 PIXEL_SIZE = 84  # MR.Q: DmcHyperparameters.image_size
 PIXEL_FRAMES = 3  # MR.Q: DmcHyperparameters.visual_history (TD-MPC2: num_frames=3)
 CAMERAS = {"quadruped": 2}  # MR.Q's render() and TD-MPC2's dmcontrol.py; camera 0 elsewhere
+LITE = "+lite"  # dmcpix:<task>[@size]+lite: no shadows or reflections (not MR.Q's frames)
 
 
 def _suite():
@@ -126,15 +128,16 @@ class DMCEnv(Env):
         self._env.close()
 
 
-def _split_size(name: str) -> tuple[str, int]:
-    """``'cartpole-swingup@64'`` -> ``('cartpole-swingup', 64)``; no ``@``: MR.Q's 84."""
+def _split_size(name: str) -> tuple[str, int, bool]:
+    """``'cartpole-swingup@64+lite'`` -> ``('cartpole-swingup', 64, True)``; no ``@``: MR.Q's 84."""
+    name, lite = (name[: -len(LITE)], True) if name.endswith(LITE) else (name, False)
     task, sep, size = name.partition("@")
     if not sep:
-        return task, PIXEL_SIZE
+        return task, PIXEL_SIZE, lite
     if not size.isdigit() or not 16 <= int(size) <= 512:
         raise EnvError(f"dmcpix:{name}: the image size after '@' must be a number of pixels in 16..512 "
                        f"(e.g. dmcpix:{task}@64)")
-    return task, int(size)
+    return task, int(size), lite
 
 
 class DMCPixelEnv(DMCEnv):
@@ -146,7 +149,7 @@ class DMCPixelEnv(DMCEnv):
     def __init__(self, name: str, seed: int) -> None:
         from mrsq import render
 
-        task, self.size = _split_size(name)
+        task, self.size, lite = _split_size(name)
         try:
             render.ensure_backend()  # before dm_control imports MuJoCo
         except render.RenderError as exc:
@@ -158,6 +161,13 @@ class DMCPixelEnv(DMCEnv):
             self._renderer = render.FrameRenderer(self, self.size)
         except render.RenderError as exc:
             raise EnvError(f"dmcpix:{name} observes pixels, and {exc}") from None
+        if lite:
+            # shadows and reflections are most of OSMesa's time per frame (~10x here at 32x32);
+            # a cheap rendering for tests and quick checks, not the frames MR.Q learns from
+            import mujoco
+
+            for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION):
+                self._renderer.renderer.scene.flags[flag] = False
         self._stack: list[np.ndarray] = []
 
     @property
