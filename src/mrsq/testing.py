@@ -359,6 +359,26 @@ def check_component(family: str, name_or_spec, **kwargs):
     return CHECKS[family](name_or_spec, **kwargs)
 
 
+def random_return(env_id: str, episodes: int, seed: int) -> float:
+    """Mean return of uniformly random actions over ``episodes`` episodes of ``env_id`` (env
+    and numpy generator seeded with ``seed``): the baseline learning tests must beat."""
+    from mrsq.envs import make_env
+
+    env = make_env(env_id, seed)
+    rng = np.random.default_rng(seed)
+    returns = []
+    for _ in range(episodes):
+        env.reset()
+        done, total = False, 0.0
+        while not done:
+            _, reward, terminated, truncated = env.step(rng.uniform(-1, 1, env.action_dim))
+            total += reward
+            done = terminated or truncated
+        returns.append(total)
+    env.close()
+    return float(np.mean(returns))
+
+
 # ------------------------------------------------------------------------------------ fakes
 class PointEnv(Env):
     """A point in [-1, 1]^d pushed by the action; reward = -||x - goal||. Episodes last

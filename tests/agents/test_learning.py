@@ -18,6 +18,7 @@ import mrsq.components  # noqa: F401
 from mrsq import specs
 from mrsq.envs import make_env
 from mrsq.runtime import bf16_is_fast
+from mrsq.testing import random_return
 from mrsq.training.checkpoint import load_checkpoint
 from mrsq.training.loop import Trainer, build_agent, evaluate
 
@@ -29,22 +30,6 @@ OVERRIDES = [
     "encoder.zs_dim=64", "encoder.za_dim=32", "encoder.zsa_dim=64", "encoder.hidden_dim=64",
     "critic.hidden_dim=64", "policy.hidden_dim=64", "batch_size=64",
 ]
-
-
-def random_return(env_id: str, episodes: int, seed: int) -> float:
-    env = make_env(env_id, seed)
-    rng = np.random.default_rng(seed)
-    returns = []
-    for _ in range(episodes):
-        env.reset()
-        done, total = False, 0.0
-        while not done:
-            _, reward, terminated, truncated = env.step(rng.uniform(-1, 1, env.action_dim))
-            total += reward
-            done = terminated or truncated
-        returns.append(total)
-    env.close()
-    return float(np.mean(returns))
 
 
 def untrained_then_trained(spec, out, episodes: int):

@@ -421,7 +421,7 @@ class MRQ(Agent):
 
     def encoder_step(self, batch) -> dict[str, torch.Tensor]:
         obs, next_obs = batch.obs, batch.next_obs
-        if self.encoder.pixels:
+        if getattr(self.encoder, "pixels", False):
             # MR.Q's random shifts (maybe_augment_state), on the frames the loss encodes: the first
             # observation of each window and every next observation
             obs, next_obs = self.encoder.augment(obs[:, :1]), self.encoder.augment(next_obs)
@@ -485,7 +485,7 @@ class MRQ(Agent):
         noise = self.target_noise(batch.reward.shape[0])
         members = draw_members(self.target_aggregate, self.num_members, self.gammas.device)
         obs0, last_next_obs = batch.obs[:, 0], batch.next_obs[:, -1]
-        if self.encoder.pixels:  # MR.Q shifts the value batch's frames too
+        if getattr(self.encoder, "pixels", False):  # MR.Q shifts the value batch's frames too
             obs0, last_next_obs = self.encoder.augment(obs0), self.encoder.augment(last_next_obs)
         loss, (q, target, zs, zsa), grad_norm = self.optimize(
             self.compiled_critic_loss, self.critic_optim,

@@ -381,7 +381,7 @@ class TDMPC2(Agent):
         s = self.spec
         batch = replay.sample(s.batch_size, horizon=s.horizon).to(self.device)
         obs, next_obs = batch.obs, batch.next_obs
-        if self.encoder.pixels:  # shifts on the encoded frames only (a no-op for TD-MPC2's own ShiftAug)
+        if getattr(self.encoder, "pixels", False):  # shifts on the encoded frames only (a no-op for TD-MPC2's own ShiftAug)
             obs, next_obs = self.encoder.augment(obs[:, :1]), self.encoder.augment(next_obs)
         loss, (cons, rew, value, term, latents, q_mean, alive), norm = self.optimize(
             self.compiled_model_loss, self.model_optim, obs, batch.action, batch.reward, next_obs,
