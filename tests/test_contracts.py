@@ -80,7 +80,8 @@ def test_planner_contract(name):
     check_component("planner", name)
 
 
-@pytest.mark.parametrize("env_id", ["fake:point2", "nchain:4-3", "gym:InvertedPendulum-v5", "dmc:cartpole-balance"])
+@pytest.mark.parametrize("env_id", ["fake:point2", "fake:pixels32", "nchain:4-3", "gym:InvertedPendulum-v5",
+                                    "dmc:cartpole-balance"])
 def test_env_contract(env_id):
     check_component("env", env_id)
 

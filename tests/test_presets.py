@@ -11,6 +11,7 @@ from mrsq import specs
 from mrsq.envs import make_env
 from mrsq.registry import PRESETS
 from mrsq.training.loop import Trainer, build_agent
+import mrsq.testing  # noqa: F401  (registers the fake: envs)
 
 specs.register_builtin_presets()
 PRESET_NAMES = PRESETS.names()
@@ -37,9 +38,17 @@ def shrunk(name: str, extra=()):
     return specs.load(name, [*filter(applies, sets), *extra])
 
 
+def pixels(name: str) -> bool:
+    return getattr(getattr(specs.load(name), "encoder", None), "pixels", None) is not None
+
+
 @pytest.mark.parametrize("name", PRESET_NAMES)
 def test_preset_runs_200_real_env_steps(name, tmp_path):
-    spec = shrunk(name, ["train.env=gym:Hopper-v5", "train.steps=200", "train.eval_every=200"])
+    # pixel presets on fake:pixels32 (no renderer in this process; test_pixels.py runs dmcpix)
+    size = 64 if pixels(name) and specs.load(name).encoder.pixels.type == "tdmpc2" else 32  # its 7/5/3/3 stack
+    env = f"fake:pixels{size}" if pixels(name) else "gym:Hopper-v5"
+    extra = ["encoder.pixels.channels=8"] if pixels(name) else []
+    spec = shrunk(name, [f"train.env={env}", "train.steps=200", "train.eval_every=200", *extra])
     threads = torch.get_num_threads()
     try:
         result = Trainer(spec, tmp_path, progress=False).run()
@@ -56,7 +65,7 @@ def test_preset_runs_200_real_env_steps(name, tmp_path):
 @pytest.mark.parametrize("name", PRESET_NAMES)
 def test_preset_builds_at_full_size_and_acts(name):
     spec = specs.load(name)
-    env = make_env("dmc:cheetah-run", 0)
+    env = make_env("fake:pixels84" if pixels(name) else "dmc:cheetah-run", 0)
     agent = build_agent(spec, env, torch.device("cpu"))
     assert agent.critic.num_members == spec.critic.num_members
     action = agent.act(env.reset(), explore=False, first=True)

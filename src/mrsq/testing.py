@@ -409,12 +409,53 @@ class PointEnv(Env):
         return self._obs(), -dist, terminated, self._t >= self.max_episode_steps
 
 
-@ENVS.register("fake", help="tiny deterministic test envs: fake:point<d> (e.g. fake:point2)")
+class PixelPointEnv(PointEnv):
+    """:class:`PointEnv` in 2-D seen as pixels, no renderer needed: each frame is a dark
+    ``size x size`` RGB image with the point as a bright red square and the goal a green one;
+    observations stack the last 3 frames (uint8, flat, oldest first) as ``dmcpix:`` does, the
+    reset frame filling the stack. For testing pixel components and presets anywhere."""
+
+    obs_dtype = np.uint8
+    frame_stack = 3
+
+    def __init__(self, size: int = 32, max_episode_steps: int = 50, seed: int = 0) -> None:
+        super().__init__(dim=2, max_episode_steps=max_episode_steps, seed=seed)
+        self.size = size
+        self.env_id, self.obs_dim = f"fake:pixels{size}", 9 * size * size
+        self._stack: list[np.ndarray] = []
+
+    @property
+    def obs_shape(self) -> tuple[int, ...]:
+        return (9, self.size, self.size)
+
+    def _frame(self) -> np.ndarray:
+        s, frame = self.size, np.full((3, self.size, self.size), 20, np.uint8)
+        for channel, where in ((0, self._x), (1, self.goal)):
+            r, c = ((np.asarray(where) + 1) / 2 * (s - 3)).astype(int)
+            frame[channel, r:r + 3, c:c + 3] = 255
+        return frame.ravel()
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        super().reset(seed)
+        self._stack = [self._frame()] * 3
+        return np.concatenate(self._stack)
+
+    def step(self, action):
+        _, reward, terminated, truncated = super().step(action)
+        self._stack = self._stack[1:] + [self._frame()]
+        return np.concatenate(self._stack), reward, terminated, truncated
+
+
+@ENVS.register("fake", help="tiny deterministic test envs: fake:point<d> (e.g. fake:point2); fake:pixels<size> "
+                            "(the 2-D point as 3 stacked RGB frames, no renderer)")
 def make_fake_env(name: str, seed: int) -> Env:
     from mrsq.envs.base import EnvError
 
+    if name.startswith("pixels") and name[6:].isdigit() and 16 <= int(name[6:]) <= 512:
+        return PixelPointEnv(size=int(name[6:]), seed=seed)
     if not name.startswith("point") or not name[5:].isdigit():
-        raise EnvError(f"unknown fake env {name!r}; use fake:point<d>, e.g. fake:point2")
+        raise EnvError(f"unknown fake env {name!r}; use fake:point<d> (e.g. fake:point2) or fake:pixels<size> "
+                       f"(e.g. fake:pixels32)")
     return PointEnv(dim=int(name[5:]), seed=seed)
 
 

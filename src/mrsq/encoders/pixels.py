@@ -174,9 +174,14 @@ def build_pixel_state_encoder(spec, obs_dim: int, zs_dim: int) -> nn.Module:
     """``f`` of a latent model from its ``pixels`` spec: the conv stack, then a linear projection
     to ``zs_dim`` unless the stack already gives exactly ``zs_dim`` features (TD-MPC2 at 64x64)."""
     torso = PIXEL_ENCODERS.get(spec.type)(spec, obs_dim)
-    if spec.type == "tdmpc2" and torso.out_features == zs_dim:
+    try:
+        features = torso.out_features
+    except RuntimeError:  # a kernel larger than what is left of the image
+        raise ValueError(f"pixels.type {spec.type}: {torso.size}x{torso.size} frames are too small for its "
+                         f"convolutions (use larger frames, e.g. dmcpix:<task>@64)") from None
+    if spec.type == "tdmpc2" and features == zs_dim:
         return PixelStateEncoder(torso, None)
-    return PixelStateEncoder(torso, init_linear_(nn.Linear(torso.out_features, zs_dim)))
+    return PixelStateEncoder(torso, init_linear_(nn.Linear(features, zs_dim)))
 
 
 class PixelStateEncoder(nn.Module):
