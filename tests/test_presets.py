@@ -45,7 +45,7 @@ def pixels(name: str) -> bool:
 @pytest.mark.parametrize("name", PRESET_NAMES)
 def test_preset_runs_200_real_env_steps(name, tmp_path):
     # pixel presets on fake:pixels32 (no renderer in this process; test_pixels.py runs dmcpix)
-    size = 64 if pixels(name) and specs.load(name).encoder.pixels.type == "tdmpc2" else 32  # its 7/5/3/3 stack
+    size = 48 if pixels(name) and specs.load(name).encoder.pixels.type == "tdmpc2" else 32  # its 7/5/3/3 stack
     env = f"fake:pixels{size}" if pixels(name) else "gym:Hopper-v5"
     extra = ["encoder.pixels.channels=8"] if pixels(name) else []
     spec = shrunk(name, [f"train.env={env}", "train.steps=200", "train.eval_every=200", *extra])

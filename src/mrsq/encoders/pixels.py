@@ -16,7 +16,8 @@ head as on state vectors (MR.Q: LN + ELU; SEM: LN + softmax per group). Everythi
   them (none after the last), flatten: 512 features at 64x64, exactly ``zs_dim``, so there is no
   projection (at other sizes a ``Linear`` to ``zs_dim`` is added, a deviation). PyTorch's default
   conv init, as TD-MPC2. TD-MPC2 shifts every encoding, acting and planning included
-  (``shift_when: always``).
+  (``shift_when: always``). Deviation: TD-MPC2's SimNorm takes the conv features as they are;
+  the SEM head here layer-normalises them before the softmax, as it does every latent.
 
 The random shift is written here rather than taken from DrQ's ``grid_sample`` form: the shifts
 are whole pixels, so a replicate pad and a per-image crop (one gather) give exactly the values the
