@@ -31,20 +31,23 @@ TINY = ["encoder.zs_dim=32", "encoder.za_dim=16", "encoder.zsa_dim=32", "encoder
         "train.log_every=25", "train.eval_episodes=1", "train.device=cpu"]
 
 
-def python(code: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def rendering_env(failpoint: str | None = None) -> dict[str, str]:
+    """A subprocess's environment: OSMesa, one thread, and MRSQ_FAILPOINT only when asked."""
     env = dict(os.environ, MUJOCO_GL="osmesa", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    env.pop("MRSQ_FAILPOINT", None)
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,
-                          timeout=timeout)
-
-
-def cli(*args, failpoint: str | None = None, gl: str = "osmesa", timeout: float = 600):
-    env = dict(os.environ, MUJOCO_GL=gl, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     env.pop("MRSQ_FAILPOINT", None)
     if failpoint:
         env["MRSQ_FAILPOINT"] = failpoint
+    return env
+
+
+def python(code: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env=rendering_env(), timeout=timeout)
+
+
+def cli(*args, failpoint: str | None = None, timeout: float = 600):
     return subprocess.run([sys.executable, "-m", "mrsq.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+                          env=rendering_env(failpoint), timeout=timeout)
 
 
 # ---------------------------------------------------------------------------- the environment
@@ -166,34 +169,27 @@ def test_spec_errors_say_which_preset_fits():
     from mrsq.testing import make_fake_env
     from mrsq.training.loop import build_agent, check_observations
 
-    class Pixels:  # what build_agent reads of a pixel env
-        env_id, obs_dim, action_dim, frame_stack, obs_shape, pixels = "dmcpix:x", 9 * 32 * 32, 1, 3, (9, 32, 32), True
-
+    pixels = make_fake_env("pixels32", 0)
     with pytest.raises(specs.SpecError, match="mrq_pixels"):
-        check_observations(specs.load("mrq_small"), Pixels())
+        check_observations(specs.load("mrq_small"), pixels)
     with pytest.raises(specs.SpecError, match="dmcpix"):
         check_observations(specs.load("mrq_pixels_small"), make_fake_env("point2", 0))
     with pytest.raises(specs.SpecError, match="image_size 84"):
-        build_agent(specs.load("mrq_pixels_small", ["encoder.pixels.image_size=84"]), Pixels(), torch.device("cpu"))
-    agent = build_agent(specs.load("mrq_pixels_small"), Pixels(), torch.device("cpu"))  # auto: the env's 32
+        build_agent(specs.load("mrq_pixels_small", ["encoder.pixels.image_size=84"]), pixels, torch.device("cpu"))
+    agent = build_agent(specs.load("mrq_pixels_small"), pixels, torch.device("cpu"))  # auto: the env's 32
     assert agent.encoder.f.torso.size == 32 and agent.encoder.f.torso.in_channels == 9
 
 
 def test_every_latent_agent_trains_and_plans_on_pixels():
     """MR.Q, MRS.Q (MPPI) and TD-MPC2 with pixel encoders: updates from a frame-stack replay of
-    hand-made uint8 frames and acting through their planners, finite throughout."""
+    hand-made uint8 frames (fake:pixels<size>) and acting through their planners, finite throughout."""
+    from mrsq.envs.base import fill_with_random_actions
     from mrsq.replay import LAPReplay
+    from mrsq.testing import make_fake_env
     from mrsq.training.loop import build_agent
-
-    class Pixels:
-        env_id, action_dim, frame_stack, pixels, max_episode_steps = "dmcpix:x", 2, 3, True, 500
-
-        def __init__(self, size):
-            self.size, self.obs_dim, self.obs_shape = size, 9 * size * size, (9, size, size)
 
     tiny = ["encoder.zs_dim=32", "encoder.za_dim=16", "encoder.zsa_dim=32", "encoder.hidden_dim=32",
             "critic.hidden_dim=32", "policy.hidden_dim=32", "batch_size=8", "compile=off", "encoder.pixels.channels=4"]
-    rng = np.random.default_rng(0)
     for preset, size, extra in (
             ("mrq_pixels_small", 32, ["target_update_every=4"]),
             ("mrsq_pixels_small", 32, ["target_update_every=4", "planner.num_samples=16", "planner.num_elites=4",
@@ -201,18 +197,15 @@ def test_every_latent_agent_trains_and_plans_on_pixels():
             ("tdmpc2_pixels", 64, ["planner.num_samples=16", "planner.num_elites=4",
                                    "planner.num_policy_trajectories=2", "planner.iterations=2", "pretrain=false"])):
         spec = specs.load(preset, tiny + extra)
-        env = Pixels(size)
+        env = make_fake_env(f"pixels{size}", 0)
         agent = build_agent(spec, env, torch.device("cpu"))
-        replay = LAPReplay(env.obs_dim, 2, capacity=200, horizon=agent.replay_horizon, frame_stack=3, seed=0)
-        frames = [rng.integers(0, 256, 3 * size * size).astype(np.uint8) for _ in range(3)]
-        for t in range(60):
-            obs = np.concatenate(frames)
-            frames = frames[1:] + [rng.integers(0, 256, 3 * size * size).astype(np.uint8)]
-            replay.add(obs, rng.uniform(-1, 1, 2), float(rng.normal()), np.concatenate(frames), False, t % 30 == 29)
+        replay = LAPReplay(env.obs_dim, env.action_dim, capacity=200, horizon=agent.replay_horizon,
+                           frame_stack=env.frame_stack, seed=0)
+        obs = fill_with_random_actions(env, replay, 60)
         for _ in range(5):
             metrics = agent.update(replay)
         assert all(torch.isfinite(v).all() for v in metrics.values()), (preset, metrics)
-        action = agent.act(np.concatenate(frames), explore=False, first=True)
+        action = agent.act(obs, explore=False, first=True)
         assert action.shape == (2,) and np.isfinite(action).all() and np.abs(action).max() <= 1
 
 

@@ -39,7 +39,7 @@ def shrunk(name: str, extra=()):
 
 
 def pixels(name: str) -> bool:
-    return getattr(getattr(specs.load(name), "encoder", None), "pixels", None) is not None
+    return specs.load(name).pixel_encoder is not None
 
 
 @pytest.mark.parametrize("name", PRESET_NAMES)

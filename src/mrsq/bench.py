@@ -156,8 +156,7 @@ def default_env(preset: str, overrides) -> str:
     from mrsq import specs
 
     spec = specs.load(preset, list(overrides))
-    pixels = getattr(getattr(spec, "encoder", None), "pixels", None)
-    return spec.train.env if pixels is not None else DEFAULT_ENV
+    return spec.train.env if spec.pixel_encoder is not None else DEFAULT_ENV
 
 
 def _setup(args, warm_steps: int = 5_000, extra_overrides: tuple[str, ...] = ()):
@@ -266,9 +265,9 @@ def bench_train(args) -> dict:
         ms, beside = time_paired(f, iters[k], args.repeats, dev, probe)
         rows.append(_row(k, ms, flops[k], beside))
     rows.append(_total_row("total per env step", rows))
+    total = rows[-1]["ms"]
     rows += _pixel_rows(env, agent, replay, state, probe, args.repeats, dev)
-    return {**_header("train", args, rt, ceiling, before, probe), "rows": rows,
-            "steps_per_s": 1e3 / rows[len(parts)]["ms"]}
+    return {**_header("train", args, rt, ceiling, before, probe), "rows": rows, "steps_per_s": 1e3 / total}
 
 
 def _pixel_rows(env, agent, replay, state, probe, repeats: int, dev) -> list[dict]:

@@ -105,6 +105,11 @@ class AgentSpec(Spec):
                 raise ValueError(f"aggregators.{use}.drop ({agg.drop}) drops every atom: it must be below {what}")
         return self
 
+    @property
+    def pixel_encoder(self):
+        """The latent model's conv-stack spec (``encoder.pixels``), or None: state vectors."""
+        return getattr(getattr(self, "encoder", None), "pixels", None)
+
     def unresolved(self) -> list[str]:
         """The :attr:`ENV_DEFAULTS` paths still set to ``"auto"``."""
         return [path for path in self.ENV_DEFAULTS if _get_path(self, path) == "auto"]

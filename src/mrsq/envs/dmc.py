@@ -152,12 +152,9 @@ class DMCPixelEnv(DMCEnv):
         task, self.size, lite = _split_size(name)
         try:
             render.ensure_backend()  # before dm_control imports MuJoCo
-        except render.RenderError as exc:
-            raise EnvError(f"dmcpix:{name} observes pixels, and {exc}") from None
-        super().__init__(task, seed)
-        self.env_id = f"dmcpix:{name}"
-        self.obs_dim = PIXEL_FRAMES * 3 * self.size * self.size
-        try:
+            super().__init__(task, seed)
+            self.env_id = f"dmcpix:{name}"
+            self.obs_dim = PIXEL_FRAMES * 3 * self.size * self.size
             self._renderer = render.FrameRenderer(self, self.size)
         except render.RenderError as exc:
             raise EnvError(f"dmcpix:{name} observes pixels, and {exc}") from None

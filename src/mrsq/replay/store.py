@@ -99,26 +99,25 @@ def write_segment(replay: LAPReplay, folder: Path, first: int) -> list[int] | No
     rows["action"] = replay._action[slots]
     rows["reward"] = replay._reward[slots]
     rows["terminated"] = replay._terminated[slots] > 0
+    suffix, companion_dtype = _companion(replay)
     if replay.frame_stack:
         rows["obs_id"], rows["next_id"] = replay._obs_id[slots], replay._next_id[slots]
         ring = replay._num_frames_ring
         lo = max(int(rows["obs_id"][0]) - replay.frame_stack + 1, replay._num_frames - ring, 0)
         ids = np.arange(lo, replay._num_frames)
-        frames = np.empty(len(ids), dtype=_frame_dtype(replay))
-        frames["id"], frames["frame"] = ids, replay._frames[ids % ring]
-        _save_npy(folder / _name(first, end, ".frames"), frames)
-        _save_npy(folder / _name(first, end), rows)  # the main file last: its presence marks the segment complete
-        return [first, end]
-    rows["obs"] = replay._obs[slots]
-    next_obs = replay._next_obs[slots]
-    # bitwise: is next_obs[t] the next row's obs? (viewed as integers, so NaNs and -0.0 compare exactly)
-    explicit = np.ones(len(slots), dtype=bool)
-    explicit[:-1] = (next_obs[:-1].view(np.uint32) != rows["obs"][1:].view(np.uint32)).any(axis=1)
-    index = np.flatnonzero(explicit)
-    extra = np.empty(len(index), dtype=_next_dtype(replay))
-    extra["index"] = index
-    extra["next_obs"] = next_obs[index]
-    _save_npy(folder / _name(first, end, ".next"), extra)
+        extra = np.empty(len(ids), dtype=companion_dtype)
+        extra["id"], extra["frame"] = ids, replay._frames[ids % ring]
+    else:
+        rows["obs"] = replay._obs[slots]
+        next_obs = replay._next_obs[slots]
+        # bitwise: is next_obs[t] the next row's obs? (viewed as integers, so NaNs and -0.0 compare exactly)
+        explicit = np.ones(len(slots), dtype=bool)
+        explicit[:-1] = (next_obs[:-1].view(np.uint32) != rows["obs"][1:].view(np.uint32)).any(axis=1)
+        index = np.flatnonzero(explicit)
+        extra = np.empty(len(index), dtype=companion_dtype)
+        extra["index"] = index
+        extra["next_obs"] = next_obs[index]
+    _save_npy(folder / _name(first, end, suffix), extra)
     _save_npy(folder / _name(first, end), rows)  # the main file last: its presence marks the segment complete
     return [first, end]
 

@@ -102,7 +102,7 @@ class ValueErrorRecorder:
 
     def step(self, obs, action, reward) -> None:
         if self.enabled:
-            self._obs.append(np.array(obs))  # its own dtype (pixels stay uint8: a quarter of the memory)
+            self._obs.append(np.asarray(obs))  # its own dtype (pixels stay uint8: a quarter of the memory)
             self._actions.append(np.asarray(action, dtype=np.float32))
             self._rewards.append(float(reward))
 

@@ -109,7 +109,7 @@ def build_agent(spec, env: Env, device: torch.device, runtime: Runtime | None = 
     try:
         agent = AGENTS.get(spec.type)(spec, env.obs_dim, env.action_dim, runtime=runtime)
     except ValueError as exc:
-        if getattr(getattr(spec, "encoder", None), "pixels", None) is None:
+        if spec.pixel_encoder is None:
             raise
         raise specs.SpecError(f"{env.env_id}: {exc}") from None  # a pixel encoder that does not fit the frames
     if not isinstance(agent, Agent):
@@ -120,7 +120,7 @@ def build_agent(spec, env: Env, device: torch.device, runtime: Runtime | None = 
 def check_observations(spec, env: Env) -> None:
     """A pixel env needs an agent whose encoder has a conv stack (``encoder.pixels``), and a
     conv stack needs pixels: raise :class:`~mrsq.specs.SpecError` saying which preset fits."""
-    pixels = getattr(getattr(spec, "encoder", None), "pixels", None)
+    pixels = spec.pixel_encoder
     if env.pixels and pixels is None:
         raise specs.SpecError(f"{env.env_id} observes pixels ({'x'.join(map(str, env.obs_shape))} uint8), but agent "
                               f"{spec.type!r} has no pixel encoder: use a latent agent with encoder.pixels "
