@@ -36,8 +36,11 @@ demo: install
 	@echo "         $(DEMO_OUT)/spec.yaml (resolved spec), $(DEMO_OUT)/checkpoint.pt"
 	@cat $(DEMO_OUT)/eval.csv
 
+# `make test TEST_WORKERS=auto` on a bigger machine; 0 runs in one process (pytest -q as before).
+# Files stay whole on one worker (--dist loadfile) so module fixtures are built once.
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"

@@ -20,6 +20,14 @@ from pathlib import Path
 
 import pytest
 
+# `make test` runs the suite on two pytest-xdist workers (one per core of the CI machine): each
+# worker's in-process torch gets one thread, so two workers do not oversubscribe the cores.
+# Tests that need a thread count set their own; subprocesses choose theirs as a user's run would.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+
+    torch.set_num_threads(1)
+
 TESTS_DIR = Path(__file__).resolve().parent
 PLUGIN_DIR = TESTS_DIR / "plugins"
 
