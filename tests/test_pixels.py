@@ -96,6 +96,46 @@ def test_dmcpix_matches_mr_q_preprocessing():
     assert got["lite"] and got["lite_shape"] == [9, 32, 32]
 
 
+@needs_osmesa
+def test_frames_equal_dm_control_render_and_survive_another_env_closing():
+    """mrsq's frames are dm_control's ``physics.render(84, 84, camera_id)`` (MR.Q's renderer)
+    byte for byte, quadruped's camera 2 included; and another pixel env closed, or dropped
+    without close(), after this one rendered leaves this one's frames intact (mujoco.Renderer
+    freed its objects in the current GL context: the survivor rendered black)."""
+    out = python("""
+        import gc, json, numpy as np
+        from mrsq.envs import make_env
+        got = {}
+        for task, camera in [("cheetah-run", 0), ("quadruped-walk", 2)]:
+            env = make_env(f"dmcpix:{task}", 0)
+            env.reset()
+            rng = np.random.default_rng(0)
+            def check():
+                obs, *_ = env.step(rng.uniform(-1, 1, env.action_dim).astype(np.float32))
+                frame = obs[-obs.size // 3:].reshape(3, 84, 84).transpose(1, 2, 0)
+                theirs = env._env.physics.render(84, 84, camera_id=camera)
+                return int(np.abs(frame.astype(int) - theirs).max()), float(frame.mean())
+            alone = check()
+            other = make_env(f"dmcpix:{task}", 1)
+            other.reset()
+            env.step(np.zeros(env.action_dim, np.float32))  # this env renders last, then the other closes
+            other.close()
+            closed = check()
+            dropped = make_env(f"dmcpix:{task}", 2)
+            dropped.reset()
+            env.step(np.zeros(env.action_dim, np.float32))
+            del dropped
+            gc.collect()
+            got[task] = [alone, closed, check()]
+        print(json.dumps(got))
+    """)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    for task, checks in got.items():
+        for when, (max_diff, mean) in zip(["alone", "after close", "after drop"], checks):
+            assert max_diff == 0 and mean > 5, f"{task} {when}: max |ours - dm_control| {max_diff}, mean {mean:.1f}"
+
+
 def test_without_a_renderer_a_pixel_env_is_one_line_naming_the_fix(monkeypatch):
     from mrsq.envs import EnvError, make_env
 

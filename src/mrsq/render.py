@@ -78,7 +78,26 @@ class FrameRenderer:
         return self.renderer.render()
 
     def close(self) -> None:
-        self.renderer.close()
+        """Free this renderer's GL objects in its own context.
+
+        mujoco.Renderer.close frees its MjrContext in whichever GL context is current, and every
+        renderer of one model numbers its framebuffers and textures alike: closing (or collecting)
+        one env's renderer right after another rendered deleted the other's objects, whose frames
+        were black from then on (OSMesa, mujoco 3.x). So this context is made current first."""
+        renderer = getattr(self, "renderer", None)
+        if renderer is None:
+            return
+        self.renderer = None
+        context = getattr(renderer, "_gl_context", None)
+        if context is not None and getattr(renderer, "_mjr_context", None) is not None:
+            context.make_current()
+        renderer.close()
+
+    def __del__(self) -> None:  # an env dropped without close() frees the same way
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: GL may be gone already
+            pass
 
 
 class VideoWriter:
