@@ -10,8 +10,12 @@ SRC="${1:-runs/cheap_pessimism}"
 DST=docs/results/cheap_pessimism
 PY="${PYTHON:-.venv/bin/python}"
 MRSQ="${MRSQ:-.venv/bin/mrsq}"
+# an env's runs may sit in several sweep folders (walker/, walker_s1/: one sweep per seed, run side
+# by side); they land in one copy per env
 for env in hopper walker; do
-  [ -d "$SRC/$env" ] && "$PY" scripts/collect_runs.py "$SRC/$env" "$DST/runs/$env" > /dev/null
+  for src in "$SRC/$env" "$SRC/$env"_*; do
+    [ -d "$src" ] && "$PY" scripts/collect_runs.py "$src" "$DST/runs/$env" > /dev/null
+  done
 done
 dirs=()
 for env in hopper walker; do [ -d "$DST/runs/$env" ] && dirs+=("$DST/runs/$env"); done
