@@ -8,6 +8,7 @@ segments stay behind (tens of MB per run).
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -30,8 +31,20 @@ def collect(src: Path, dst: Path) -> list[Path]:
         copied.append(target)
     if (src / "sweep.json").is_file():
         dst.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src / "sweep.json", dst / "sweep.json")
+        _merge_sweep_json(src / "sweep.json", dst / "sweep.json")
     return copied
+
+
+def _merge_sweep_json(src: Path, dst: Path) -> None:
+    """Copy ``src``'s sweep.json, keeping the run entries of another sweep already collected into
+    ``dst`` (an env's seeds may come from several sweep folders): runs are keyed by folder, the
+    newer entry wins, and the header (sweep file, resources) is ``src``'s."""
+    info = json.loads(src.read_text())
+    if dst.is_file():
+        runs = {run["folder"]: run for run in json.loads(dst.read_text()).get("runs", [])}
+        runs.update({run["folder"]: run for run in info.get("runs", [])})
+        info["runs"] = sorted(runs.values(), key=lambda run: run["folder"])
+    dst.write_text(json.dumps(info, indent=2) + "\n")
 
 
 if __name__ == "__main__":
