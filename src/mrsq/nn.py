@@ -17,6 +17,20 @@ def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     return ACTIVATIONS[name]
 
 
+class Activation(nn.Module):
+    """A named activation as a module, for ``nn.Sequential`` stacks (the conv encoders)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name, self.fn = name, activation(name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+    def extra_repr(self) -> str:
+        return self.name
+
+
 def ln_act(x: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Layer norm without learnable affine over the last dim, then the activation (MR.Q)."""
     return act(F.layer_norm(x, x.shape[-1:]))

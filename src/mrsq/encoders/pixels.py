@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from mrsq.nn import activation, init_linear_
+from mrsq.nn import Activation, init_linear_
 from mrsq.registry import PIXEL_ENCODERS
 from mrsq.specs import Spec
 
@@ -129,15 +129,6 @@ class MrqPixelEncoderSpec(PixelEncoderSpec):
                                                                                           "the encoder's ELU)")
 
 
-class _Act(nn.Module):
-    def __init__(self, name: str) -> None:
-        super().__init__()
-        self.fn = activation(name)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x)
-
-
 @PIXEL_ENCODERS.register("mrq", spec=MrqPixelEncoderSpec,
                          help="MR.Q's conv stack: 4 x conv3x3 (strides 2,2,2,1) + ELU, shifts +-4 px on updates")
 class MrqPixelEncoder(PixelEncoder):
@@ -147,7 +138,7 @@ class MrqPixelEncoder(PixelEncoder):
         layers = []
         for i, stride in enumerate((2, 2, 2, 1)):
             conv = nn.Conv2d(self.in_channels if i == 0 else c, c, 3, stride=stride)
-            layers += [init_linear_(conv), _Act(spec.activation)]  # MR.Q's weight_init covers Conv2d too
+            layers += [init_linear_(conv), Activation(spec.activation)]  # MR.Q's weight_init covers Conv2d too
         self.convs = nn.Sequential(*layers)
 
 
