@@ -122,6 +122,58 @@ def test_tqc_value_target_is_the_truncated_atoms():
     assert q.shape == (2, 8, m) and torch.isfinite(loss)
 
 
+def test_tqc_value_target_masks_the_atoms_after_a_terminal_step():
+    torch.manual_seed(0)
+    agent = MRQ(tiny("mrsq_tqc_small"), OBS_DIM, ACTION_DIM)
+    agent.reward_scale = agent.target_reward_scale = 1.0
+    reward = torch.tensor([1.0, 2.0, 4.0])
+    # sample 0 ends at its first step: only r_0 counts and every atom equals it; sample 1 never ends
+    batch = make_batch(2, 3, terminated=[[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]], reward=reward)
+    target = agent.value_target(batch, torch.zeros(2, ACTION_DIM))
+    torch.testing.assert_close(target[0], torch.full_like(target[0], 1.0))
+    g = agent.spec.discount
+    ret = 1.0 + g * 2.0 + g * g * 4.0
+    assert not torch.allclose(target[1], torch.full_like(target[1], ret))  # bootstrapped atoms, sorted
+    assert torch.all(target[1][1:] >= target[1][:-1])
+
+
+def test_tqc_critic_step_changes_only_the_critic_and_the_policy_step_only_the_policy():
+    torch.manual_seed(0)
+    agent = MRQ(tiny("mrsq_tqc_small"), OBS_DIM, ACTION_DIM)
+    agent.reward_scale = agent.target_reward_scale = 1.0
+    before = snapshot(agent)
+    zs, _, _ = agent.critic_step(make_batch(8, 3))
+    assert changed(agent, before) == names(agent, "critic")
+    assert all(p.grad is None for m in (agent.encoder, agent.policy) for p in m.parameters())
+    agent.critic.zero_grad(set_to_none=True)
+    before = snapshot(agent)
+    agent.policy_step(zs)  # the mean of all quantiles of all members
+    assert changed(agent, before) == names(agent, "policy")
+    assert all(p.grad is None for m in (agent.encoder, agent.critic) for p in m.parameters())
+
+
+def test_a_quantile_critic_without_truncation_is_cautioned_not_refused():
+    spec = tiny("mrsq_tqc_small", "aggregators.target=min")
+    (line,) = spec.cautions()
+    assert "not TQC" in line and "truncated_mean" in line and "'min'" in line
+    assert tiny("mrsq_tqc_small").cautions() == [] and tiny("mrsq_small").cautions() == []
+
+
+def test_model_free_quantile_loss_averages_over_members_as_tqc():
+    from mrsq.registry import AGENTS
+
+    agent_type, overrides = PORTS["sac_tqc"]
+    spec = specs.load(agent_type, [*overrides, "compile=off", "precision=fp32"])
+    agent = AGENTS.get(agent_type)(spec, OBS_DIM, ACTION_DIM)
+    batch = make_batch(8, 1)
+    noise = agent.target_noise(8)
+    torch.manual_seed(1)
+    loss, q, target, _ = agent.critic_loss_terms(batch.obs[:, 0], batch.action[:, 0], batch.reward,
+                                                 batch.terminated, batch.next_obs[:, -1], noise)
+    per_member = torch.stack([agent.critic.regression_loss(q[i:i + 1], target) for i in range(2)])
+    torch.testing.assert_close(loss, per_member.mean())
+
+
 # ------------------------------------------------------------------------------ a real run
 RESUME_CASES = {
     # the distilled head (its optimiser in the checkpoint), a shared trunk, a TD-target subset draw

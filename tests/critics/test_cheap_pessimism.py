@@ -150,6 +150,29 @@ def test_quantile_huber_loss_by_hand():
     torch.testing.assert_close(far, torch.tensor((0.25 * 2.5 + 0.75 * 2.5) / 2))
 
 
+def test_quantile_huber_loss_by_hand_two_members_two_target_atoms():
+    # mean over target atoms (not the sum) and over members (not the sum): N=2, M=2, K=2, B=1
+    critic = QuantileEnsembleCritic(QuantileEnsembleCriticSpec(num_members=2, num_quantiles=2, hidden_dim=8), 4)
+    pred = torch.tensor([[[0.0, 1.0]], [[0.0, 0.0]]])  # [N=2, B=1, M=2]
+    target = torch.tensor([[0.5, 3.0]])  # two atoms
+    # member 0: (tau .25, pred 0): atom .5 -> .25 * .125, atom 3 -> .25 * 2.5
+    #           (tau .75, pred 1): atom .5 -> |.75 - 1| * .125, atom 3 -> .75 * 1.5 (delta 2, linear)
+    m0 = (0.25 * 0.125 + 0.25 * 2.5 + 0.25 * 0.125 + 0.75 * 1.5) / 4
+    # member 1 (both quantiles 0): atom .5 -> tau * .125, atom 3 -> tau * 2.5, for tau .25 and .75
+    m1 = (0.25 * 0.125 + 0.25 * 2.5 + 0.75 * 0.125 + 0.75 * 2.5) / 4
+    torch.testing.assert_close(critic.regression_loss(pred, target), torch.tensor((m0 + m1) / 2))
+    torch.testing.assert_close(critic.regression_loss(pred, target, over_members="sum"), torch.tensor(m0 + m1))
+    # kappa 2: the quadratic part reaches |delta| = 2, and the loss is divided by kappa
+    wide = QuantileEnsembleCritic(QuantileEnsembleCriticSpec(num_members=1, num_quantiles=2, hidden_dim=8,
+                                                             huber_kappa=2.0), 4)
+    # pred 0, atom 3: |delta| 3 > 2: kappa * (3 - kappa / 2) = 4, divided by kappa = 2; tau .25 and .75
+    torch.testing.assert_close(wide.regression_loss(torch.zeros(1, 1, 2), torch.tensor([[3.0]])),
+                               torch.tensor((0.25 * 2.0 + 0.75 * 2.0) / 2))
+    # pred 0, atom 1: |delta| 1 <= 2: 0.5 * 1 / kappa = 0.25
+    torch.testing.assert_close(wide.regression_loss(torch.zeros(1, 1, 2), torch.tensor([[1.0]])),
+                               torch.tensor((0.25 * 0.25 + 0.75 * 0.25) / 2))
+
+
 def test_quantile_critic_targets_and_values():
     spec = QuantileEnsembleCriticSpec(num_members=2, num_quantiles=5, hidden_dim=16)
     critic = QuantileEnsembleCritic(spec, 12)

@@ -105,6 +105,19 @@ class AgentSpec(Spec):
                 raise ValueError(f"aggregators.{use}.drop ({agg.drop}) drops every atom: it must be below {what}")
         return self
 
+    def cautions(self) -> list[str]:
+        """Legal compositions that are probably not what was meant, one line each (the Trainer
+        prints them as warnings before any work; nothing here is an error)."""
+        lines = []
+        critic, target = getattr(self, "critic", None), getattr(self.aggregators, "target", None)
+        if getattr(critic, "type", None) == "quantile_ensemble" and target is not None and \
+                not getattr(type(target), "POOLS_ATOMS", False):
+            lines.append(f"critic.type quantile_ensemble with aggregators.target {target.type!r}: each member's "
+                         f"{critic.num_quantiles} quantiles regress on one target value ({target.type} of the "
+                         f"members' mean quantiles), which is not TQC; TQC pools and truncates the target "
+                         f"atoms: aggregators.target {{type: truncated_mean, drop: d}} (mrsq_tqc: d = 2)")
+        return lines
+
     @property
     def pixel_encoder(self):
         """The latent model's conv-stack spec (``encoder.pixels``), or None: state vectors."""

@@ -186,7 +186,7 @@ class ModelFreeAgent(Agent):
 
     def critic_loss_terms(self, obs0, action0, reward, terminated, last_next_obs, noise, members=None):
         """``(loss, q [N, B, M], target [B, K], features [B, F])``; the loss sums every member's
-        regression loss (MSE for scalar critics)."""
+        regression loss (MSE for scalar critics; a quantile critic's loss is averaged, as TQC's)."""
         with torch.no_grad():
             ret, not_done = n_step_return(reward, terminated, self.gammas)
             # members only when drawn: an agent written before subsets keeps next_value(next_obs, noise)
@@ -195,7 +195,10 @@ class ModelFreeAgent(Agent):
             target = ret + not_done * self.bootstrap_discount * bootstrap
         features = self.features(obs0)  # the optional encoder learns from the critic loss only
         q = self.critic.atoms(torch.cat([features, action0.to(features.dtype)], -1)).float()
-        loss = self.critic.regression_loss(q, target, "mse", over_members="sum")
+        # TD3/SAC sum their critics' losses (MSE(Q1) + MSE(Q2)); TQC's code averages the quantile
+        # loss over its nets as well as over atoms, so a quantile critic keeps TQC's scale
+        over = "mean" if getattr(self.critic, "quantile", False) else "sum"
+        loss = self.critic.regression_loss(q, target, "mse", over_members=over)
         return loss, q, target, features
 
     def critic_step(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:

@@ -227,6 +227,8 @@ class Trainer:
         self.detect_anomaly = detect_anomaly
         t = spec.train
         loggers.check_available(t.loggers)  # a missing extra is one line before any work
+        for line in spec.cautions():
+            print(f"mrsq: warning: {line}", file=sys.stderr)
         if t.threads:
             torch.set_num_threads(t.threads)
         seed_everything(t.seed)
