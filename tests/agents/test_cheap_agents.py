@@ -217,3 +217,32 @@ def test_cheap_mechanisms_resume_bit_for_bit(tmp_path, case):
     assert resumed.returncode == 0, resumed.stderr
     assert train_rows(out / "train.csv") == train_rows(reference / "train.csv")
     assert eval_rows(out / "eval.csv") == rows
+
+
+# ------------------------------------------------------------------------------ dropout critics
+def test_a_dropout_critic_plans_and_distils_without_dropout():
+    # DroQ-style critics keep dropout in their losses; the planner's values (and the distilled
+    # head's target) are the deterministic ensemble, as TD-MPC2 plans without dropout
+    torch.manual_seed(0)
+    agent = MRQ(tiny("mrsq_droq_small", "critic.dropout=0.5"), OBS_DIM, ACTION_DIM)
+    agent.reward_scale = 1.5
+    view = agent.acting_view()
+    z = agent.encoder.zs(torch.randn(6, OBS_DIM))
+    a = torch.rand(6, ACTION_DIM) * 2 - 1
+    zsa = agent.encoder.zsa(z, a)
+    assert agent.critic.training
+    torch.testing.assert_close(view.value(z, a), view.value(z, a))
+    agent.critic.eval()
+    expected = agent.critic(zsa).amin(0) * 1.5  # eval mode: no dropout
+    agent.critic.train()
+    torch.testing.assert_close(view.value(z, a), expected)
+    assert not torch.allclose(agent.critic(zsa), agent.critic(zsa))  # the losses' forward keeps dropout
+    obs, act = torch.randn(5, OBS_DIM), torch.rand(5, ACTION_DIM) * 2 - 1
+    torch.testing.assert_close(agent.value_estimate(obs, act)[0], agent.value_estimate(obs, act)[0])
+    torch.testing.assert_close(agent.planner_value_estimate(obs, act), agent.planner_value_estimate(obs, act))
+
+    distill = MRQ(tiny("mrsq_droq_small", "critic.dropout=0.5", "distill={head: {type: ensemble, num_members: 1, hidden_dim: 16, num_hidden: 1}}"), OBS_DIM, ACTION_DIM)
+    seen = {}
+    distill.distill_step = lambda zsa, q: seen.update(zsa=zsa, q=q) or torch.zeros(())
+    distill.critic_step(make_batch(8, 3))
+    torch.testing.assert_close(seen["q"], distill.critic.atoms(seen["zsa"], dropout=False).detach())

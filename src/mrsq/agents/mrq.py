@@ -145,6 +145,9 @@ class _PlanningView:
         self.discount = agent.spec.discount
         self.dtype = next(nets.encoder.parameters()).dtype
         self.members = None  # the planner aggregator's member subset of this planning call
+        # a dropout critic (DroQ-style) scores plans without dropout, as TD-MPC2 plans: the values
+        # are deterministic (stochastic_value stays honest) and no mask is drawn per scoring call
+        self.critic_dropout = agent.critic_eval_dropout
 
     @property
     def episodic(self) -> bool:
@@ -175,7 +178,8 @@ class _PlanningView:
         zsa = self.nets.encoder.zsa(z, a.to(self.dtype))
         if self.nets.head is not None:  # the distilled head alone
             return self.nets.head(zsa)[0].float() * self.agent.scales[0]
-        return self.nets.critic.aggregate(zsa, self.agent.planner_aggregate, self.members) * self.agent.scales[0]
+        return (self.nets.critic.aggregate(zsa, self.agent.planner_aggregate, self.members, dropout=self.critic_dropout)
+                * self.agent.scales[0])
 
 
 @dataclass
@@ -308,13 +312,14 @@ class MRQ(Agent):
         networks. Returns ``(Q [T], per-member std [T])``, both in return units."""
         obs, action = obs.to(self.device, torch.float32), action.to(self.device, torch.float32)
         zsa = self.encoder.zsa(self.encoder.zs(obs), action)
-        q = self.critic(zsa).float()  # [N, T, 1]
+        dropout = self.critic_eval_dropout  # a dropout critic's value without dropout (deterministic)
+        q = (self.critic(zsa) if dropout is None else self.critic(zsa, dropout=dropout)).float()  # [N, T, 1]
         scale = self.scales[0]
         agg = self.target_aggregate
         if agg.subset is None and not agg.pools_atoms:
-            value = agg(q)  # the values just computed (one forward, one dropout mask if any)
+            value = agg(q)  # the values just computed (one forward)
         else:
-            value = self.critic.aggregate(zsa, agg, draw_members(agg, self.num_members, self.device))
+            value = self.critic.aggregate(zsa, agg, draw_members(agg, self.num_members, self.device), dropout=dropout)
         return (value * scale)[:, 0], (q.std(0) * scale)[:, 0]
 
     @torch.no_grad()
@@ -328,8 +333,15 @@ class MRQ(Agent):
             value = self.distill_head(zsa)[0].float()
         else:
             members = draw_members(self.planner_aggregate, self.num_members, self.device)
-            value = self.critic.aggregate(zsa, self.planner_aggregate, members)
+            value = self.critic.aggregate(zsa, self.planner_aggregate, members, dropout=self.critic_eval_dropout)
         return (value * self.scales[0])[:, 0]
+
+    @property
+    def critic_eval_dropout(self) -> bool | None:
+        """``False`` for a critic with dropout (its values for planning, distillation and the
+        diagnostics are taken without it), ``None`` for one without (no keyword passed, so a
+        user critic whose forward takes none keeps working)."""
+        return False if getattr(self.critic, "dropout", 0) else None
 
     # ------------------------------------------------------------------------------ training
     def update(self, replay) -> dict[str, torch.Tensor]:
@@ -496,6 +508,9 @@ class MRQ(Agent):
         metrics = {"critic/loss": loss.detach(), "critic/q_mean": q.mean(),
                    "critic/grad_norm": grad_norm.detach()}
         if self.distill_head is not None:
+            if self.critic_eval_dropout is not None:  # the head serves a planner that scores without dropout
+                with torch.no_grad():
+                    q = self.critic.atoms(zsa.detach(), dropout=False).float()
             metrics["distill/loss"] = self.distill_step(zsa.detach(), q)
         return zs.detach(), metrics, td_error
 

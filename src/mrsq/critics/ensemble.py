@@ -139,9 +139,10 @@ class EnsembleCritic(nn.Module):
                 x = ln_act(x, self.act) if self.layer_norm else self.act(x)
         return x
 
-    def forward(self, zsa: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, zsa: torch.Tensor, members: torch.Tensor | None = None,
+                dropout: bool | None = None) -> torch.Tensor:
         """Each member's value ``[N, B, 1]`` (``[k, B, 1]`` for ``members [k]``)."""
-        return self.raw(zsa, members=members)
+        return self.raw(zsa, dropout, members)
 
     # ------------------------------------------------ what agents call (the critic owns its loss)
     def atoms(self, zsa: torch.Tensor, members: torch.Tensor | None = None,
@@ -149,14 +150,23 @@ class EnsembleCritic(nn.Module):
         """What the regression loss fits, per member ``[N, B, M]``: here one value (M = 1, the
         module's own ``forward``, so a subclass that overrides only ``forward(zsa)`` is trained on
         what it returns); a quantile critic's M quantiles."""
+        return self._values(zsa, members, dropout)
+
+    def _values(self, zsa: torch.Tensor, members: torch.Tensor | None, dropout: bool | None) -> torch.Tensor:
+        # a subclass that overrides only forward(zsa) never sees the keywords it does not take
+        if dropout is not None:
+            return self(zsa, members, dropout=dropout)
         return self(zsa) if members is None else self(zsa, members)
 
-    def aggregate(self, zsa: torch.Tensor, aggregate, members: torch.Tensor | None = None) -> torch.Tensor:
+    def aggregate(self, zsa: torch.Tensor, aggregate, members: torch.Tensor | None = None,
+                  dropout: bool | None = None) -> torch.Tensor:
         """``aggregate`` (a :class:`~mrsq.critics.aggregators.BoundAggregator`) of the members'
-        values ``[B, 1]``, in fp32; an aggregator that pools atoms gets :meth:`atoms` instead."""
+        values ``[B, 1]``, in fp32; an aggregator that pools atoms gets :meth:`atoms` instead.
+        ``dropout``: False for a dropout critic's deterministic value (planning, diagnostics);
+        None: as the module's mode says."""
         if getattr(aggregate, "pools_atoms", False):
-            return aggregate(self.atoms(zsa, members).float())
-        return aggregate((self(zsa) if members is None else self(zsa, members)).float())
+            return aggregate(self.atoms(zsa, members, dropout=dropout).float())
+        return aggregate(self._values(zsa, members, dropout).float())
 
     def td_atoms(self, zsa: torch.Tensor, aggregate, members: torch.Tensor | None = None) -> torch.Tensor:
         """The bootstrap value(s) of a TD target ``[B, K]``: here the aggregated value (K = 1)."""

@@ -62,8 +62,9 @@ class TwoHotEnsembleCritic(EnsembleCritic):
         """Decoded values ``[N, B, 1]`` (fp32), with or without the first layer's dropout."""
         return self.two_hot.decode(self.raw(x, dropout, members).float())
 
-    def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
-        return self.values(x, members=members)
+    def forward(self, x: torch.Tensor, members: torch.Tensor | None = None,
+                dropout: bool | None = None) -> torch.Tensor:
+        return self.values(x, dropout, members)
 
     def atoms(self, x: torch.Tensor, members: torch.Tensor | None = None,
               dropout: bool | None = None) -> torch.Tensor:
