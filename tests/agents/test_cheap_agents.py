@@ -72,6 +72,8 @@ def test_distill_loss_trains_the_head_alone_toward_the_ensemble_min():
     zsa = torch.randn(32, agent.spec.encoder.zsa_dim)
     q = agent.critic(zsa).detach()
     (loss,) = agent.distill_loss_terms(zsa, q)
+    # exactly Huber(head(zsa), min over the members): not the mean, not rescaled
+    torch.testing.assert_close(loss, torch.nn.functional.smooth_l1_loss(agent.distill_head(zsa)[0], q.amin(0)))
     loss.backward()
     assert all(p.grad is None for m in (agent.encoder, agent.critic, agent.policy) for p in m.parameters())
     assert all(p.grad is not None for p in agent.distill_head.parameters())
@@ -92,7 +94,11 @@ def test_planner_scores_with_the_distilled_head():
     z = agent.encoder.zs(torch.randn(6, OBS_DIM))
     a = torch.rand(6, ACTION_DIM) * 2 - 1
     expected = agent.distill_head(agent.encoder.zsa(z, a))[0] * 2.5
+    calls = []
+    hook = agent.critic.register_forward_hook(lambda *_: calls.append(1))
     torch.testing.assert_close(view.value(z, a), expected)
+    assert calls == []  # the planner's score never runs the ensemble
+    hook.remove()
     obs, act = torch.randn(4, OBS_DIM), torch.rand(4, ACTION_DIM) * 2 - 1
     zsa = agent.encoder.zsa(agent.encoder.zs(obs), act)
     torch.testing.assert_close(agent.planner_value_estimate(obs, act), agent.distill_head(zsa)[0, :, 0] * 2.5)

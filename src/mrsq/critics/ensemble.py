@@ -11,7 +11,9 @@ Two ways to pay less for N members, both fields of every ensemble critic:
 * ``shared_layers``: the first hidden layers are one trunk shared by all members (computed once,
   ``[B, D] @ [D, H]``), the members own the rest (one batched matmul per layer, as above). The
   ``shared_trunk`` critic is this with 2 of 3 hidden layers shared; 0 shared is ``ensemble``,
-  value for value from the same seed (the trunk layer is initialised where member 0's was).
+  value for value from the same seed (with a trunk, the first trunk layer is initialised where
+  member 0's was; later layers draw from a shifted random stream, so only 0 shared reproduces
+  ``ensemble``'s weights).
   With a trunk, the first layer's ``dropout`` is applied to the trunk's output: one mask shared
   by every member.
 * ``members``: every method takes an optional index tensor ``[k]`` and evaluates only those
