@@ -50,6 +50,50 @@ def test_shared_trunk_members_share_their_first_layers(shared):
     assert head_grad[1].abs().sum() > 0 and head_grad[0].abs().sum() == 0 and head_grad[2].abs().sum() == 0
 
 
+@pytest.mark.parametrize("shared", [0, 1, 3])
+@pytest.mark.parametrize("affine", [False, True])
+def test_shared_trunk_by_hand_with_member_subsets(shared, affine):
+    # an independent per-member MLP from the stored weights: layer l uses slice 0 in the trunk
+    # (l < shared) and the member's own slice after it; LN (+ affine) and ELU after every hidden layer
+    import torch.nn.functional as F
+
+    spec = SharedTrunkCriticSpec(num_members=4, hidden_dim=16, num_hidden=3, shared_layers=shared,
+                                 hidden_layer_norm_affine=affine)
+    critic = SharedTrunkCritic(spec, 12)
+    if affine:  # non-trivial scales and shifts, so a wrong slice shows
+        with torch.no_grad():
+            for p in [*critic.ln_weights, *critic.ln_biases]:
+                p.normal_()
+    x = _x()
+
+    def by_hand(i, inp):
+        h = inp
+        for layer, (w, b) in enumerate(zip(critic.weights, critic.biases)):
+            j = 0 if layer < shared else i
+            h = h @ w[j] + b[j]
+            if layer < len(critic.weights) - 1:
+                h = F.layer_norm(h, h.shape[-1:])
+                if affine:
+                    h = h * critic.ln_weights[layer][j] + critic.ln_biases[layer][j]
+                h = F.elu(h)
+        return h
+
+    q = critic(x)
+    for i in range(4):
+        torch.testing.assert_close(q[i], by_hand(i, x))
+    members = torch.tensor([3, 1])
+    torch.testing.assert_close(critic(x, members), q[members])  # only the drawn heads, same values
+    per_member = torch.randn(2, 5, 12)  # [k, B, D] inputs, one per drawn member
+    sub = critic(per_member, members)
+    for row, i in enumerate(members.tolist()):
+        torch.testing.assert_close(sub[row], by_hand(i, per_member[row]))
+    # with a trunk, a subset saves only the heads' FLOPs
+    big = SharedTrunkCritic(SharedTrunkCriticSpec(num_members=10, shared_layers=2), 512)
+    xb = torch.randn(64, 512)
+    ratio = count_flops(lambda: big(xb, torch.arange(3))) / count_flops(lambda: big(xb))
+    assert ratio == pytest.approx((2 + 3) / 12, rel=0.01)
+
+
 def test_shared_trunk_flops_fall_as_counted():
     x = torch.randn(64, 512)
     full = EnsembleCritic(EnsembleCriticSpec(num_members=10), 512)
