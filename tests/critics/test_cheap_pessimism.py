@@ -168,6 +168,34 @@ def test_subset_draws_once_per_planning_call_and_once_per_update_batch(monkeypat
     assert draws.count(5) == 1 and set(draws) <= {5, 8}
 
 
+def test_model_free_subsets_draw_once_per_critic_batch_and_once_per_policy_update(monkeypatch):
+    # TD3 with G = 3 critic updates per env step and the policy after every second one: three
+    # target draws and one policy draw of the 5 members per update, never one per member call
+    from mrsq import specs
+    from mrsq.registry import AGENTS
+    from mrsq.replay import LAPReplay
+    from mrsq.testing import PointEnv
+
+    spec = specs.load("td3", [
+        "critic={type: ensemble, num_members: 5, hidden_dim: 16, num_hidden: 2, activation: relu, layer_norm: false}",
+        "aggregators.target={type: subset, k: 2}", "aggregators.policy={type: subset, k: 1, reduce: mean}",
+        "policy.hidden_dim=16", "batch_size=8", "updates_per_step=3", "policy_delay=2", "compile=off"])
+    env = PointEnv(dim=2, max_episode_steps=20, seed=0)
+    agent = AGENTS.get("td3")(spec, env.obs_dim, env.action_dim)
+    replay = LAPReplay(env.obs_dim, env.action_dim, capacity=200, horizon=agent.replay_horizon, seed=0)
+    rng, obs = np.random.default_rng(0), env.reset()
+    for _ in range(40):
+        a = rng.uniform(-1, 1, env.action_dim).astype(np.float32)
+        nxt, r, term, trunc = env.step(a)
+        replay.add(obs, a, r, nxt, term, trunc)
+        obs = env.reset() if term or trunc else nxt
+    draws = []
+    original = torch.rand
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: draws.append(a[0]) or original(*a, **k))
+    agent.update(replay)  # critic updates 1-3: the policy after the 2nd
+    assert draws.count(5) == 3 + 1 and set(draws) <= {5, 8}
+
+
 # ------------------------------------------------------------------------------ TQC
 def test_truncated_mean_by_hand():
     # two members, three quantiles each, one sample: pooled 1 2 3 4 5 6, drop 1 per member = top 2
