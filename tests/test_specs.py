@@ -339,3 +339,17 @@ def test_a_variant_without_a_description_derives_one_from_its_parent(tmp_path):
     assert specs.load(str(path)).description == f"{parent} [variant fewer: critic.num_members, aggregators.planner]"
     path.write_text("extends: mrsq_small\ndescription: mine\ncritic: {num_members: 3}\n")
     assert specs.load(str(path)).description == "mine"
+
+
+def test_run_length_follows_the_env_protocol_unless_set():
+    # MR.Q's protocol: 1M agent steps on Gym MuJoCo, 500k on DMC (1M frames at action repeat 2)
+    assert specs.load("mrq").train.steps == 500_000
+    assert specs.load("mrq", ["train.env=dmc:cheetah-run"]).train.steps == 500_000
+    assert specs.load("mrsq", ["train.env=gym:Hopper-v5"]).train.steps == 1_000_000
+    assert specs.load("td3", ["train={env: gym:Hopper-v5, seed: 3}"]).train.steps == 1_000_000
+    assert specs.load("mrq", ["train.env=gym:Hopper-v5", "train.steps=300"]).train.steps == 300
+    # the resolved value is what spec.yaml holds, so a saved spec reloads to the same length
+    saved = specs.from_yaml(specs.to_yaml(specs.load("mrq", ["train.env=gym:Hopper-v5"])))
+    assert saved.train.steps == 1_000_000 and saved.train.env == "gym:Hopper-v5"
+    # partial sections still keep everything else of the default (only what the factory set merges)
+    assert specs.load("mrq", ["train.env=gym:Hopper-v5"]).train.eval_every == 5_000

@@ -83,7 +83,9 @@ class Spec(BaseModel):
                 if isinstance(default, dict) and value.get("type", default.get("type")) == default.get("type"):
                     data = {**data, name: deep_merge(default, value)}
             elif isinstance(default, BaseModel):
-                data = {**data, name: deep_merge(default.model_dump(), value)}
+                # only what the factory set: the rest re-defaults, so a default that depends on a
+                # sibling field (train.steps on train.env) sees the merged mapping
+                data = {**data, name: deep_merge(default.model_dump(exclude_unset=True), value)}
         return data
 
 

@@ -72,12 +72,26 @@ class TwoHotSpec(Section):
         return self
 
 
+GYM_STEPS = 1_000_000  # MR.Q's Gym MuJoCo protocol (algorithm facts), also TD3's and SAC's
+
+
 class TrainSpec(Section):
     """The run: environment, seed, length, evaluation and logging cadence."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _protocol_length(cls, data):
+        # an unset length follows the env's protocol, resolved here (the env id is final once a
+        # spec validates: presets, --env and --set all come before), so spec.yaml holds the value
+        if isinstance(data, dict) and "steps" not in data and str(data.get("env", "")).startswith("gym:"):
+            data = {**data, "steps": GYM_STEPS}
+        return data
+
     env: str = Field("dmc:cartpole-swingup", description="<prefix>:<id>, e.g. dmc:cheetah-run, gym:Hopper-v5")
     seed: int = Field(0, ge=0, le=MAX_SEED)
-    steps: int = Field(500_000, ge=1, description="environment (agent) steps")
+    steps: int = Field(500_000, ge=1, description="environment (agent) steps; unset: the benchmark's protocol "
+                                                 "for train.env (gym: 1M, as MR.Q/TD3/SAC; else 500k: DMC's "
+                                                 "1M frames at action repeat 2)")
     eval_every: int = Field(5_000, ge=1)
     eval_episodes: int = Field(10, ge=1)
     log_every: int = Field(1_000, ge=1, description="train.csv row every this many steps")
