@@ -23,4 +23,30 @@ for step in steps:
     cells = [f"{rows[step]:.1f}" if step in rows else "" for rows in seeds.values()]
     m, s = ref.get(step, (float("nan"), float("nan")))
     print(f"| {step} | " + " | ".join(cells) + f" | {m:.1f} +- {s:.1f} |")
+# the figure: each seed's evaluations over MR.Q's published mean +- std band
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+fig, ax = plt.subplots(figsize=(6.4, 4))
+ref_steps = sorted(ref)
+mean = [ref[k][0] for k in ref_steps]
+std = [ref[k][1] for k in ref_steps]
+last = max(steps) if steps else max(ref_steps)
+shown = [i for i, k in enumerate(ref_steps) if k <= max(last * 1.5, 30000)]
+xs = [ref_steps[i] for i in shown]
+ax.plot(xs, [mean[i] for i in shown], color="k", label="MR.Q published (10 seeds, mean)")
+ax.fill_between(xs, [mean[i] - std[i] for i in shown], [mean[i] + std[i] for i in shown], color="k", alpha=0.15,
+                label="+- std")
+for name, rows in seeds.items():
+    ks = sorted(rows)
+    ax.plot(ks, [rows[k] for k in ks], marker="o", label=f"mrq_pixels_small {name} (CPU-sized)")
+ax.set_xlabel("agent steps")
+ax.set_ylabel("evaluation return")
+ax.set_title("dmcpix:cartpole-swingup from 84x84 pixels")
+ax.grid(alpha=0.3)
+ax.legend(fontsize=8)
+fig.tight_layout()
+out = os.environ.get("PIXEL_PLOT", "docs/results/pixels/cartpole_swingup.png")
+fig.savefig(out, dpi=110)
+print(f"\n(figure: {out})", file=sys.stderr)
 PYEOF
