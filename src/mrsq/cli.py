@@ -431,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("list", help="list registered components (all families or one)")
-    p.add_argument("family", nargs="?", help="encoder, critic, aggregator, policy, planner, agent, env or preset")
+    p.add_argument("family", nargs="?", help="encoder, pixel_encoder, critic, aggregator, policy, planner, agent, env or preset")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE")
     p.set_defaults(func=cmd_list)
 
