@@ -252,3 +252,14 @@ def test_a_dropout_critic_plans_and_distils_without_dropout():
     distill.distill_step = lambda zsa, q: seen.update(zsa=zsa, q=q) or torch.zeros(())
     distill.critic_step(make_batch(8, 3))
     torch.testing.assert_close(seen["q"], distill.critic.atoms(seen["zsa"], dropout=False).detach())
+
+
+def test_the_trainer_prints_a_caution_before_any_work(tmp_path, capsys):
+    from mrsq.training.loop import Trainer
+
+    spec = tiny("mrsq_tqc_small", "aggregators.target=min", "train.env=gym:InvertedPendulum-v5", "train.steps=5",
+                "train.device=cpu")
+    Trainer(spec, tmp_path / "run", progress=False)  # built, not run
+    err = capsys.readouterr().err
+    assert "mrsq: warning: critic.type quantile_ensemble with aggregators.target 'min'" in err
+    assert not (tmp_path / "run" / "eval.csv").exists()
