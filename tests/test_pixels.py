@@ -180,6 +180,12 @@ def test_folded_normalisation_equals_mr_q_forward():
     for layer in enc.convs:
         ref = layer(ref)
     torch.testing.assert_close(enc(x), ref.reshape(5, -1), rtol=1e-5, atol=1e-5)
+    # under bf16 autocast the fold is skipped (it rounds W / 255 on un-centred sums): exactly MR.Q's
+    # centring, then the same bf16 convolutions
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        centred = enc.convs(x.float().reshape(5, 9, 32, 32).contiguous(memory_format=torch.channels_last)
+                            / 255.0 - 0.5).flatten(1)
+        assert torch.equal(enc(x), centred)
 
 
 def test_random_shift_is_drq_shift_at_pixel_centres():
