@@ -126,19 +126,31 @@ def test_tdmpc2_policy_loss_trains_only_the_policy():
 
 def test_tdmpc2_value_target_is_the_min_of_two_sampled_target_members():
     """The TD target uses exactly min_of_k (k=2) over the target critics, at a' ~ pi(z')."""
-    agent, replay = agent_for("tdmpc2", "critic.num_members=4")
+    # zero_init_last off: TD-MPC2's zero-initialised last layers make every member equal at first
+    agent, replay = agent_for("tdmpc2", "critic.num_members=4", "critic.zero_init_last=false")
     calls = []
     original = agent.target_aggregate
 
     def spy(values):
-        calls.append(values.shape)
-        return original(values)
+        out = original(values)
+        calls.append((values.detach().clone(), out.detach().clone()))
+        return out
 
     agent.target_aggregate = spy
     b = replay.sample(16, horizon=agent.spec.horizon)
-    agent.model_loss_terms(b.obs, b.action, b.reward, b.next_obs, b.terminated)
-    assert calls == [torch.Size([4, 16 * agent.spec.horizon, 1])]
+    for _ in range(5):
+        agent.model_loss_terms(b.obs, b.action, b.reward, b.next_obs, b.terminated)
+    assert [v.shape for v, _ in calls] == [torch.Size([4, 16 * agent.spec.horizon, 1])] * 5
     assert agent.spec.aggregators.target.type == "min_of_k" and agent.spec.aggregators.target.k == 2
+    # each output is the min over one pair of distinct members (drawn per call: not min over all 4, not the mean)
+    pairs = [(i, j) for i in range(4) for j in range(i + 1, 4)]
+    drawn = []
+    for values, out in calls:
+        match = [p for p in pairs if torch.equal(out, values[list(p)].amin(0))]
+        assert match, "the target is not the min of any two members"
+        drawn.append(match[0])
+    assert len(set(drawn)) > 1  # a fresh pair per call
+    assert any(not torch.equal(out, values.amin(0)) for values, out in calls)
 
 
 # ------------------------------------------------------------------ target updates
