@@ -66,7 +66,9 @@ def test_layer_norm_affine_is_learnable_by_default_and_switchable():
     with torch.no_grad():
         enc.zs_norm.weight.mul_(2.0)
     sharper = enc.zs(obs)
-    assert sharper.amax(-1).mean() > before.amax(-1).mean()
+    g = spec.group_size
+    peak = lambda z: z.reshape(*z.shape[:-1], -1, g).amax(-1)  # noqa: E731 - each simplex's largest entry
+    assert (peak(sharper) >= peak(before) - 1e-6).all() and (peak(sharper) > peak(before)).float().mean() > 0.9
     # and it receives gradients
     enc.zs(obs)[:, ::3].sum().backward()
     assert enc.zs_norm.weight.grad.abs().sum() > 0 and enc.zs_norm.bias.grad.abs().sum() > 0
