@@ -162,6 +162,40 @@ def test_executes_the_best_sequence_of_any_iteration():
     assert abs(action.item() - 0.9) < 0.1
 
 
+def test_executes_the_overall_best_when_a_later_iteration_finds_worse():
+    """A rippled objective (many local optima) and no kept elites, so an iteration's best can be
+    worse than an earlier one's: over 10 seeds the executed action is always the best scored in
+    any iteration (each iteration's candidates recorded), and on some seeds that best is not the
+    last iteration's, so executing the last iteration's best would fail here."""
+    class Model(QuadraticModel):
+        def step(self, z, a):
+            reward = -(a - 0.9).square().sum(-1, keepdim=True) + 0.3 * torch.sin(40 * a).sum(-1, keepdim=True)
+            return reward, torch.zeros_like(reward), z
+
+    earlier_best = 0
+    for seed in range(10):
+        torch.manual_seed(seed)
+        planner = ICEMPlanner(ICEMSpec(num_samples=64, num_elites=4, iterations=3, num_policy_trajectories=0,
+                                       horizon=1, keep_fraction=0.0), 1)
+        scored = []
+        score = planner.score_candidates
+
+        def spy(*args, **kwargs):
+            out = score(*args, **kwargs)
+            scored.append((out[0].detach().clone(), out[1][:, 0].detach().clone()))  # actions, values
+            return out
+
+        planner.score_candidates = spy
+        action = planner.plan(Model([0.9]), torch.zeros(1), first=True)
+        assert len(scored) == 3
+        best = [values.max() for _, values in scored]
+        i = int(torch.stack(best).argmax())
+        actions, values = scored[i]
+        torch.testing.assert_close(action, actions[values.argmax(), 0])
+        earlier_best += int(best[-1] < best[i])
+    assert earlier_best >= 1
+
+
 @pytest.mark.parametrize("fields,match", [
     ({"beta": -0.5}, "beta"),
     ({"keep_fraction": 1.5}, "keep_fraction"),
