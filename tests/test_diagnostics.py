@@ -103,6 +103,10 @@ def test_a_critic_biased_by_a_known_amount_shows_exactly_that_bias(bias):
 def test_value_estimate_is_the_target_aggregate_in_return_units():
     spec, env, agent = make("mrsq_small")  # 5 critics, target aggregator: min
     agent.reward_scale = 3.0
+    with torch.no_grad():  # online and target networks apart, so using the targets would show
+        for p in [*agent.encoder.parameters(), *agent.critic.parameters()]:
+            p.add_(0.1 * torch.randn_like(p))
+    assert not torch.equal(next(agent.critic.parameters()), next(agent.critic_target.parameters()))
     obs, act = torch.randn(7, env.obs_dim), torch.rand(7, env.action_dim) * 2 - 1
     q, std = agent.value_estimate(obs, act)
     with torch.no_grad():

@@ -128,8 +128,9 @@ def test_bf16_acting_copies_are_refreshed_not_cast_per_call():
     agent.update(replay)
     agent.act(obs)  # refreshed after the update, in place
     assert agent.acting_nets() is nets
-    for copy_, master in zip(nets.critic.parameters(), agent.critic.parameters()):
-        torch.testing.assert_close(copy_.float(), master.detach(), rtol=1e-2, atol=1e-2)
+    for copy_net, master_net in ((nets.encoder, agent.encoder), (nets.critic, agent.critic), (nets.policy, agent.policy)):
+        for copy_, master in zip(copy_net.parameters(), master_net.parameters()):  # every tensor, exactly the cast
+            assert torch.equal(copy_, master.detach().to(torch.bfloat16))
     assert any(not torch.equal(a, b) for a, b in zip(first, nets.critic.parameters()))
     # the copies are not state: checkpoints hold fp32 masters only
     state = agent.training_state()["modules"]

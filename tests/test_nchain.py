@@ -76,7 +76,9 @@ def test_diagnose_cli_json_and_plot(tmp_path, capsys):
     line = capsys.readouterr().out.splitlines()[0]
     report = json.loads(line)
     assert {"empirical", "analytic", "ci_low", "ci_high", "trials"} <= set(report)
-    assert report["trials"] == 300 and report["ci_low"] <= report["empirical"] <= report["ci_high"]
+    assert report["trials"] == 300
+    assert report["analytic"] == pytest.approx(analytic_success(4, 3, 16))  # the formula at the CLI's arguments
+    assert report["ci_low"] <= report["analytic"] <= report["ci_high"], report  # and the run agrees with it
     assert png.stat().st_size > 10_000
 
 

@@ -81,9 +81,15 @@ def test_bias_grows_with_the_number_of_plans_scored():
 
 @pytest.mark.parametrize("planner", ["mppi", "cem", "icem"])
 def test_iterative_planners_are_measured(planner):
-    r = run(Setting(planner=planner, samples=32, horizon=3, members=5, truth="quadratic", trials=20,
-                    planner_fields={"iterations": 2}))
-    assert r["evaluations"] > 32 and math.isfinite(r["bias"]) and r["regret"] >= 0
+    """Each planner's evaluations are counted, and its second iteration lowers the regret of the
+    executed plan on the same draws (measured: MPPI 1.85 -> 0.96, CEM 0.80 -> 0.36, iCEM 0.66 -> 0.27)."""
+    one, two = (run(Setting(planner=planner, samples=32, horizon=3, members=5, truth="quadratic", trials=20,
+                            planner_fields={"iterations": n})) for n in (1, 2))
+    if planner in ("mppi", "cem"):
+        assert (one["evaluations"], two["evaluations"]) == (32, 64)  # iterations x samples (no policy rollouts)
+    else:  # iCEM: a shrinking population plus kept elites and the mean
+        assert 32 < one["evaluations"] < two["evaluations"] < 2 * one["evaluations"]
+    assert math.isfinite(two["bias"]) and 0 <= two["regret"] < one["regret"]
 
 
 def test_cli_json_and_errors(mrsq_main):

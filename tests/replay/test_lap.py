@@ -266,7 +266,7 @@ def test_new_transitions_get_max_priority_without_host_sync(monkeypatch):
     def no_sync(*args, **kwargs):
         raise AssertionError("host sync on a tensor")
 
-    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__", "__index__", "cpu", "numpy", "__array__"):
         monkeypatch.setattr(torch.Tensor, name, no_sync)
     buffer.update_priority(torch.tensor([2, 3]), torch.tensor([100.0, 7.0]))
     rec.add_episode(3, "open")
