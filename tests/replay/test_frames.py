@@ -24,6 +24,10 @@ class Episodes:
         self.buffer, self.rng = buffer, np.random.default_rng(seed)
         self.frames = 0
         self.added: list[tuple[np.ndarray, np.ndarray, bool]] = []
+        # in the buffer's frame numbering (K frames per episode start, one per step): the oldest
+        # frame each transition's observation stack needs
+        self.stored_frames = 0
+        self.oldest_frame: list[int] = []
 
     def frame(self) -> np.ndarray:
         self.frames += 1
@@ -38,6 +42,8 @@ class Episodes:
             self.buffer.add(obs, np.full(1, t, np.float32), float(t), np.concatenate(stack), last and terminate,
                             last and not terminate)
             self.added.append((obs, np.concatenate(stack), last and terminate))
+            self.oldest_frame.append(self.stored_frames + t)
+        self.stored_frames += K + length
 
 
 def make(capacity=40, horizon=3, **kwargs) -> LAPReplay:
@@ -101,6 +107,13 @@ def test_wrap_around_and_eviction_of_transitions_whose_frames_are_gone():
     for i in range(60):
         episodes.episode(int(episodes.rng.integers(1, 9)), terminate=i % 4 == 0)
     assert buffer.num_added > buffer.capacity and buffer._oldest_live > buffer.num_added - buffer.capacity
+    # exactly the transitions whose frames are gone are evicted, no more: worked out from the
+    # frame accounting alone (the ring keeps the last frame_ring_size frames)
+    assert buffer._num_frames == episodes.stored_frames
+    lost = episodes.stored_frames - frame_ring_size(buffer.capacity, K, 3)
+    expected = next(t for t in range(buffer.num_added - buffer.capacity, buffer.num_added)
+                    if episodes.oldest_frame[t] >= lost)
+    assert live(buffer).start == expected, (live(buffer).start, expected)
     check_every_stack(buffer, episodes)
     valid = np.flatnonzero(buffer._valid[: buffer.size])
     assert buffer.num_valid == len(valid)
