@@ -263,3 +263,42 @@ def test_the_trainer_prints_a_caution_before_any_work(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "mrsq: warning: critic.type quantile_ensemble with aggregators.target 'min'" in err
     assert not (tmp_path / "run" / "eval.csv").exists()
+
+
+def test_user_critics_written_to_the_documented_signatures_still_plan():
+    """Critics that override forward(zsa) alone (with a dropout spec) or aggregate(x, agg,
+    members) without a dropout keyword get no keyword from the planner or the diagnostics."""
+    from typing import Literal
+
+    from mrsq.critics import EnsembleCritic, EnsembleCriticSpec
+    from mrsq.registry import CRITICS
+
+    class ForwardOnlySpec(EnsembleCriticSpec):
+        type: Literal["test_forward_only"] = "test_forward_only"
+
+    class ForwardOnly(EnsembleCritic):
+        def forward(self, zsa, members=None):  # the documented override: no dropout keyword
+            return super().forward(zsa, members) * 1.0
+
+    class OwnAggregateSpec(EnsembleCriticSpec):
+        type: Literal["test_own_aggregate"] = "test_own_aggregate"
+
+    class OwnAggregate(EnsembleCritic):
+        def aggregate(self, x, aggregate, members=None):
+            return super().aggregate(x, aggregate, members)
+
+    for name, cls, spec_cls in (("test_forward_only", ForwardOnly, ForwardOnlySpec),
+                                ("test_own_aggregate", OwnAggregate, OwnAggregateSpec)):
+        if name not in CRITICS.names():
+            CRITICS.add(name, cls, spec=spec_cls)
+    for critic in ("{type: test_forward_only, num_members: 3, hidden_dim: 16, dropout: 0.01}",
+                   "{type: test_own_aggregate, num_members: 3, hidden_dim: 16}"):
+        torch.manual_seed(0)
+        agent = MRQ(tiny("mrsq_small", f"critic={critic}"), OBS_DIM, ACTION_DIM)
+        assert agent.critic_eval_dropout is None
+        obs = torch.randn(OBS_DIM).numpy()
+        assert agent.act(obs, explore=False, first=True).shape == (ACTION_DIM,)
+        q, _ = agent.value_estimate(torch.randn(4, OBS_DIM), torch.rand(4, ACTION_DIM) * 2 - 1)
+        assert torch.isfinite(q).all()
+    # mrsq's own ensembles take the keyword
+    assert MRQ(tiny("mrsq_droq_small"), OBS_DIM, ACTION_DIM).critic_eval_dropout is False

@@ -130,6 +130,20 @@ class _Hyper:
                    s.losses.reward, s.losses.termination, s.losses.pre_activation, runtime.bf16)
 
 
+def _takes_keyword(obj, methods: tuple[str, ...], name: str) -> bool:
+    """Whether every one of ``obj``'s ``methods`` accepts the keyword ``name``."""
+    import inspect
+
+    for method in methods:
+        try:
+            params = inspect.signature(getattr(obj, method)).parameters
+        except (AttributeError, TypeError, ValueError):
+            return False
+        if name not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return False
+    return True
+
+
 class _PlanningView:
     """The agent's acting networks through :class:`mrsq.planners.base.PlanningModel`.
 
@@ -147,7 +161,8 @@ class _PlanningView:
         self.members = None  # the planner aggregator's member subset of this planning call
         # a dropout critic (DroQ-style) scores plans without dropout, as TD-MPC2 plans: the values
         # are deterministic (stochastic_value stays honest) and no mask is drawn per scoring call
-        self.critic_dropout = agent.critic_eval_dropout
+        dropout = agent.critic_eval_dropout
+        self.value_kwargs = {} if dropout is None else {"dropout": dropout}  # none for a critic that takes none
 
     @property
     def episodic(self) -> bool:
@@ -178,7 +193,7 @@ class _PlanningView:
         zsa = self.nets.encoder.zsa(z, a.to(self.dtype))
         if self.nets.head is not None:  # the distilled head alone
             return self.nets.head(zsa)[0].float() * self.agent.scales[0]
-        return (self.nets.critic.aggregate(zsa, self.agent.planner_aggregate, self.members, dropout=self.critic_dropout)
+        return (self.nets.critic.aggregate(zsa, self.agent.planner_aggregate, self.members, **self.value_kwargs)
                 * self.agent.scales[0])
 
 
@@ -312,14 +327,14 @@ class MRQ(Agent):
         networks. Returns ``(Q [T], per-member std [T])``, both in return units."""
         obs, action = obs.to(self.device, torch.float32), action.to(self.device, torch.float32)
         zsa = self.encoder.zsa(self.encoder.zs(obs), action)
-        dropout = self.critic_eval_dropout  # a dropout critic's value without dropout (deterministic)
-        q = (self.critic(zsa) if dropout is None else self.critic(zsa, dropout=dropout)).float()  # [N, T, 1]
+        kwargs = self._critic_eval_kwargs  # a dropout critic's value without dropout (deterministic)
+        q = self.critic(zsa, **kwargs).float()  # [N, T, 1]
         scale = self.scales[0]
         agg = self.target_aggregate
         if agg.subset is None and not agg.pools_atoms:
             value = agg(q)  # the values just computed (one forward)
         else:
-            value = self.critic.aggregate(zsa, agg, draw_members(agg, self.num_members, self.device), dropout=dropout)
+            value = self.critic.aggregate(zsa, agg, draw_members(agg, self.num_members, self.device), **kwargs)
         return (value * scale)[:, 0], (q.std(0) * scale)[:, 0]
 
     @torch.no_grad()
@@ -333,15 +348,26 @@ class MRQ(Agent):
             value = self.distill_head(zsa)[0].float()
         else:
             members = draw_members(self.planner_aggregate, self.num_members, self.device)
-            value = self.critic.aggregate(zsa, self.planner_aggregate, members, dropout=self.critic_eval_dropout)
+            value = self.critic.aggregate(zsa, self.planner_aggregate, members, **self._critic_eval_kwargs)
         return (value * self.scales[0])[:, 0]
 
     @property
     def critic_eval_dropout(self) -> bool | None:
-        """``False`` for a critic with dropout (its values for planning, distillation and the
-        diagnostics are taken without it), ``None`` for one without (no keyword passed, so a
-        user critic whose forward takes none keeps working)."""
-        return False if getattr(self.critic, "dropout", 0) else None
+        """``False`` for a critic with dropout whose ``forward``, ``atoms`` and ``aggregate`` take
+        a ``dropout`` keyword (mrsq's ensembles): its values for planning, distillation and the
+        diagnostics are taken without it. ``None`` otherwise: no keyword is passed, so a user
+        critic written to the documented ``forward(zsa)`` / ``aggregate(x, agg, members)`` keeps
+        working (in training mode, as before)."""
+        if "_eval_dropout" not in self.__dict__:
+            rate = getattr(self.critic, "dropout", 0)
+            takes = _takes_keyword(self.critic, ("forward", "atoms", "aggregate"), "dropout")
+            self.__dict__["_eval_dropout"] = False if isinstance(rate, (int, float)) and rate > 0 and takes else None
+        return self.__dict__["_eval_dropout"]
+
+    @property
+    def _critic_eval_kwargs(self) -> dict:
+        dropout = self.critic_eval_dropout
+        return {} if dropout is None else {"dropout": dropout}
 
     # ------------------------------------------------------------------------------ training
     def update(self, replay) -> dict[str, torch.Tensor]:
@@ -510,7 +536,7 @@ class MRQ(Agent):
         if self.distill_head is not None:
             if self.critic_eval_dropout is not None:  # the head serves a planner that scores without dropout
                 with torch.no_grad():
-                    q = self.critic.atoms(zsa.detach(), dropout=False).float()
+                    q = self.critic.atoms(zsa.detach(), **self._critic_eval_kwargs).float()
             metrics["distill/loss"] = self.distill_step(zsa.detach(), q)
         return zs.detach(), metrics, td_error
 
