@@ -351,5 +351,14 @@ def test_run_length_follows_the_env_protocol_unless_set():
     # the resolved value is what spec.yaml holds, so a saved spec reloads to the same length
     saved = specs.from_yaml(specs.to_yaml(specs.load("mrq", ["train.env=gym:Hopper-v5"])))
     assert saved.train.steps == 1_000_000 and saved.train.env == "gym:Hopper-v5"
+    # assigning the env moves a length never given, not one that was
+    spec = specs.load("mrq")
+    spec.train.env = "gym:Hopper-v5"
+    assert spec.train.steps == 1_000_000
+    spec.train.env = "dmc:cheetah-run"
+    assert spec.train.steps == 500_000
+    fixed = specs.load("mrq", ["train.steps=300"])
+    fixed.train.env = "gym:Hopper-v5"
+    assert fixed.train.steps == 300
     # partial sections still keep everything else of the default (only what the factory set merges)
     assert specs.load("mrq", ["train.env=gym:Hopper-v5"]).train.eval_every == 5_000

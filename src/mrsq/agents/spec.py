@@ -73,25 +73,28 @@ class TwoHotSpec(Section):
 
 
 GYM_STEPS = 1_000_000  # MR.Q's Gym MuJoCo protocol (algorithm facts), also TD3's and SAC's
+DMC_STEPS = 500_000  # MR.Q's DMC protocol: 1M frames at action repeat 2 (also used for every other env)
 
 
 class TrainSpec(Section):
     """The run: environment, seed, length, evaluation and logging cadence."""
 
-    @model_validator(mode="before")
-    @classmethod
-    def _protocol_length(cls, data):
-        # an unset length follows the env's protocol, resolved here (the env id is final once a
-        # spec validates: presets, --env and --set all come before), so spec.yaml holds the value
-        if isinstance(data, dict) and "steps" not in data and str(data.get("env", "")).startswith("gym:"):
-            data = {**data, "steps": GYM_STEPS}
-        return data
+    @model_validator(mode="after")
+    def _protocol_length(self):
+        # A length never given follows the env's protocol. Resolved after validation and again on
+        # every assignment (validate_assignment), so `spec.train.env = "gym:..."` moves it too;
+        # written to __dict__, so `steps` stays out of the fields set: a partial `train:` section
+        # merged with a default (specs.Spec._partial_components) re-resolves it. spec.yaml holds
+        # the number (model_dump writes every field).
+        if "steps" not in self.model_fields_set:
+            self.__dict__["steps"] = GYM_STEPS if self.env.startswith("gym:") else DMC_STEPS
+        return self
 
     env: str = Field("dmc:cartpole-swingup", description="<prefix>:<id>, e.g. dmc:cheetah-run, gym:Hopper-v5")
     seed: int = Field(0, ge=0, le=MAX_SEED)
-    steps: int = Field(500_000, ge=1, description="environment (agent) steps; unset: the benchmark's protocol "
-                                                 "for train.env (gym: 1M, as MR.Q/TD3/SAC; else 500k: DMC's "
-                                                 "1M frames at action repeat 2)")
+    steps: int = Field(500_000, ge=1, description="environment (agent) steps; unset: MR.Q's protocol for "
+                                                 "train.env (gym: 1M; else 500k: DMC's 1M frames at action "
+                                                 "repeat 2)")
     eval_every: int = Field(5_000, ge=1)
     eval_episodes: int = Field(10, ge=1)
     log_every: int = Field(1_000, ge=1, description="train.csv row every this many steps")
