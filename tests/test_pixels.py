@@ -322,3 +322,32 @@ def test_pixel_mr_q_learns_cartpole_balance_beyond_random(tmp_path):
     random = random_return("dmc:cartpole-balance", 5, 101)  # the eval env's seed is train.seed + 100
     untrained, trained = returns[0], returns[steps]
     assert trained > random + 20 and trained > untrained + 100, (untrained, trained, random)
+
+
+def test_pixel_agents_act_through_their_bf16_copies():
+    """precision bf16 (what auto picks on AMX CPUs and bf16 GPUs): the acting copies' conv stack
+    takes the frames in bf16 (the fp32 fold into the first conv would meet bf16 weights)."""
+    from mrsq.envs.base import fill_with_random_actions
+    from mrsq.replay import LAPReplay
+    from mrsq.testing import make_fake_env
+    from mrsq.training.loop import build_agent
+
+    spec = specs.load("mrq_pixels_small", ["encoder.zs_dim=32", "encoder.za_dim=16", "encoder.zsa_dim=32",
+                                           "encoder.hidden_dim=32", "critic.hidden_dim=32", "policy.hidden_dim=32",
+                                           "batch_size=8", "compile=off", "encoder.pixels.channels=4",
+                                           "precision=bf16", "target_update_every=4"])
+    env = make_fake_env("pixels32", 0)
+    agent = build_agent(spec, env, torch.device("cpu"))
+    replay = LAPReplay(env.obs_dim, env.action_dim, capacity=100, horizon=agent.replay_horizon,
+                       frame_stack=env.frame_stack, seed=0)
+    obs = fill_with_random_actions(env, replay, 30)
+    agent.update(replay)
+    assert next(agent.acting_nets().encoder.parameters()).dtype == torch.bfloat16
+    action = agent.act(obs, explore=False, first=True)
+    assert action.shape == (2,) and np.isfinite(action).all()
+    # the copies' features match the fp32 masters' to bf16 precision
+    frames = torch.as_tensor(obs)[None]
+    with torch.no_grad():
+        master = agent.encoder.zs(frames.float())
+        copy_ = agent.acting_nets().encoder.zs(frames.to(torch.bfloat16)).float()
+    torch.testing.assert_close(copy_, master, rtol=0.05, atol=0.05)

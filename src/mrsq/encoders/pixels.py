@@ -110,14 +110,18 @@ class PixelEncoder(nn.Module):
             x = random_shift(x, self.spec.shift)
         # channels-last: oneDNN's fast convolution layout on CPUs (2x here), cuDNN's under autocast
         x = x.to(torch.float32, memory_format=torch.channels_last)
-        if torch.is_autocast_enabled(x.device.type):
-            # bf16: the fold below rounds W / 255 and subtracts 0.5 sum(W) from un-centred sums,
-            # measured 0.75% relative error at the stack's output against 0.52% for MR.Q's own
-            # x / 255 - 0.5 (fp32 reference, 8 frames): centre first there
-            return self.convs(x / 255.0 - 0.5).flatten(1)
+        first = self.convs[0]
+        if torch.is_autocast_enabled(x.device.type) or first.weight.dtype != torch.float32:
+            # bf16 (autocast, or the bf16 acting copies): the fold below rounds W / 255 and
+            # subtracts 0.5 sum(W) from un-centred sums, measured 0.75% relative error at the
+            # stack's output against 0.52% for MR.Q's own x / 255 - 0.5 (fp32 reference, 8
+            # frames): centre first there, in the weights' dtype
+            x = x / 255.0 - 0.5
+            if not torch.is_autocast_enabled(x.device.type):
+                x = x.to(first.weight.dtype)
+            return self.convs(x).flatten(1)
         # x / 255 - 0.5 folded into the first (unpadded) convolution: conv(x / 255 - 0.5) =
         # conv_{W / 255}(x) + b - 0.5 sum(W), two passes over the frames fewer
-        first = self.convs[0]
         w = first.weight.to(x.dtype)
         x = F.conv2d(x, w / 255.0, first.bias - 0.5 * w.sum((1, 2, 3)), first.stride)
         return self.convs[1:](x).flatten(1)
