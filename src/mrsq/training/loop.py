@@ -220,14 +220,15 @@ class Trainer:
     a run folder exactly where its last checkpoint left it."""
 
     def __init__(self, spec, out: Path, progress: bool = True, preset: str | None = None,
-                 detect_anomaly: bool = False, imports: list[str] | tuple[str, ...] = ()) -> None:
+                 detect_anomaly: bool = False, imports: list[str] | tuple[str, ...] = (),
+                 cautions: bool = True) -> None:
         self.spec, self.out, self.progress = spec, Path(out), progress
         self.imports = list(imports)  # user modules the spec's components come from (run.json, checkpoints)
         self.preset = preset  # the preset or YAML file's name, recorded in run.json for plot/compare labels
         self.detect_anomaly = detect_anomaly
         t = spec.train
         loggers.check_available(t.loggers)  # a missing extra is one line before any work
-        for line in spec.cautions():
+        for line in spec.cautions() if cautions else ():  # once, when the run starts (not per resume)
             print(f"mrsq: warning: {line}", file=sys.stderr)
         if t.threads:
             torch.set_num_threads(t.threads)
@@ -293,7 +294,7 @@ class Trainer:
             payload, path = load_latest(out, validate=validate, warn=warn)
             spec = specs.from_yaml(payload["spec"], where=f"{path} (spec)")
             trainer = cls(spec, out, progress=progress, preset=info.get("preset"), detect_anomaly=detect_anomaly,
-                          imports=imports)
+                          imports=imports, cautions=False)
             trainer.resumes = int(info.get("resumes", 0)) + 1
             trainer.fresh_replays = list(info.get("fresh_replay") or [])
             trainer._restore(payload, path, warn, fresh_replay)
