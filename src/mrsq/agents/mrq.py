@@ -161,8 +161,7 @@ class _PlanningView:
         self.members = None  # the planner aggregator's member subset of this planning call
         # a dropout critic (DroQ-style) scores plans without dropout, as TD-MPC2 plans: the values
         # are deterministic (stochastic_value stays honest) and no mask is drawn per scoring call
-        dropout = agent.critic_eval_dropout
-        self.value_kwargs = {} if dropout is None else {"dropout": dropout}  # none for a critic that takes none
+        self.value_kwargs = agent._critic_eval_kwargs  # none for a critic that takes none
 
     @property
     def episodic(self) -> bool:
